@@ -1,0 +1,124 @@
+"""The sampler contract shared by every sampling family.
+
+A sampler is built once with its options (checked here, before any work) and called as
+``sampler(score_fn, *, generator=None, x_init=None, progress=False) -> (x, nfe)``.
+Subclasses declare their options with defaults in ``options`` and implement ``_sample``.
+"""
+import abc
+import math
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..registry import Registry
+from ..sde_lib import SDE
+
+Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+SAMPLERS = Registry("sampler")
+
+
+def register_sampler(name: str):
+    """Class decorator: make a :class:`Sampler` subclass available to :func:`get_sampler` under ``name``."""
+    return SAMPLERS.register(name)
+
+
+def list_samplers():
+    return SAMPLERS.list()
+
+
+def get_sampler(name: str, *, sde: SDE, shape: Sequence[int], eps: Optional[float] = None, **options) -> "Sampler":
+    """Build the sampler registered as ``name`` for ``sde`` producing samples of ``shape = [B, ...]``.
+
+    ``eps`` is the time sampling stops at (default ``sde.default_eps``); every other keyword is an option
+    of that sampler (see its ``options``); unknown ones raise ``ValueError``.
+    """
+    return SAMPLERS.get(name)(sde=sde, shape=shape, eps=eps, **options)
+
+
+class CountingScore:
+    """Wraps a score function: counts calls (the NFE) and checks the returned shape once."""
+
+    def __init__(self, score_fn: ScoreFn):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self.score_fn(x, t)
+        if self.nfe == 0 and (not torch.is_tensor(out) or out.shape != x.shape):
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+        self.nfe += 1
+        return out
+
+
+class Sampler(abc.ABC):
+    """Base class. ``options`` maps each option name to its default; subclasses extend it."""
+
+    #: option name -> default; ``denoise`` (finish with one noise-free step) is common to all
+    options: Dict[str, Any] = {"denoise": True, "device": None, "dtype": torch.float32}
+
+    def __init__(self, *, sde: SDE, shape: Sequence[int], eps: Optional[float] = None, **options):
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an scoresde.sde_lib.SDE, got {type(sde).__name__}")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} got unknown option(s) {unknown}; "
+                             f"allowed: {sorted(self.options)}")
+        self.sde = sde
+        self.shape = sde._check_shape(shape)
+        self.eps = float(sde.default_eps if eps is None else eps)
+        if not (0 < self.eps < sde.T) or not math.isfinite(self.eps):
+            raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps}")
+        for key, default in self.options.items():
+            setattr(self, key, options.get(key, default))
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Validate option values; subclasses raise ``ValueError`` naming the option."""
+
+    def init_state(self, x_init: Optional[Tensor], generator: Optional[torch.Generator]) -> Tensor:
+        if x_init is None:
+            device = self.device if self.device is not None else (generator.device if generator is not None else None)
+            return self.sde.prior_sampling(self.shape, generator=generator, device=device, dtype=self.dtype)
+        if not torch.is_tensor(x_init):
+            raise TypeError(f"x_init must be a tensor, got {type(x_init).__name__}")
+        if tuple(x_init.shape) != self.shape:
+            raise ValueError(f"x_init must have the sampler's shape {self.shape}, got {tuple(x_init.shape)}")
+        return x_init
+
+    def time_vector(self, t: float, x: Tensor) -> Tensor:
+        """A ``[B]`` tensor filled with ``t`` on ``x``'s device and dtype."""
+        return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+
+    def __call__(self, score_fn: ScoreFn, *, generator: Optional[torch.Generator] = None,
+                 x_init: Optional[Tensor] = None, progress: bool = False) -> Tuple[Tensor, int]:
+        counted = CountingScore(score_fn)
+        x = self.init_state(x_init, generator)
+        with torch.no_grad():
+            x = self._sample(counted, x, generator=generator, progress=progress)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"{type(self).__name__} produced non-finite samples after {counted.nfe} score evaluations; "
+                "check score_fn for NaN/inf and the step size / tolerances")
+        return x, counted.nfe
+
+    @abc.abstractmethod
+    def _sample(self, score_fn: ScoreFn, x: Tensor, *, generator: Optional[torch.Generator],
+                progress: bool) -> Tensor:
+        """Map the start ``x`` (a prior draw at ``T``) to a sample at ``eps`` (or 0 after denoising)."""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
+        return f"{type(self).__name__}(sde={type(self.sde).__name__}, shape={self.shape}, eps={self.eps}, {opts})"
+
+
+def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """Standard normal noise shaped like ``x`` drawn from ``generator`` (on ``x``'s device)."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+__all__ = ["Sampler", "CountingScore", "register_sampler", "get_sampler", "list_samplers", "randn_like"]

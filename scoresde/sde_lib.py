@@ -55,6 +55,20 @@ class SDE(abc.ABC):
         alpha, sigma = self.marginal_coeffs(t)
         return torch.log(alpha) - torch.log(sigma)
 
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """The time ``t`` with ``lambda(t) = log_snr``, float64, same shape as ``log_snr``.
+
+        Generic inverse by float64 bisection on ``[0, 2T]`` (``lambda`` decreases in ``t``); the SDEs
+        below override it with their closed forms.
+        """
+        lam = _f64(log_snr)
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, 2.0 * self.T)
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid.reshape(-1)).reshape(lam.shape) > lam
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
     @abc.abstractmethod
     def prior_sampling(self, shape, *, generator: Optional[torch.Generator] = None,
                        device=None, dtype=torch.float32) -> Tensor:
@@ -145,6 +159,16 @@ class VPSDE(SDE):
         t = _f64(t)
         return 0.5 * t ** 2 * (self.beta_1 - self.beta_0) + t * self.beta_0
 
+    def t_from_integrated_beta(self, integral: Tensor) -> Tensor:
+        """Inverse of :meth:`integrated_beta`: the root ``t >= 0`` of ``(b1 - b0) t^2 / 2 + b0 t = B``,
+        written ``t = 2B / (b0 + sqrt(b0^2 + 2 (b1 - b0) B))`` to avoid cancellation."""
+        B = _f64(integral)
+        return 2.0 * B / (self.beta_0 + torch.sqrt(self.beta_0 ** 2 + 2.0 * (self.beta_1 - self.beta_0) * B))
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """VP: ``sigma^2 / alpha^2 = exp(B(t)) - 1 = exp(-2 lambda)``, so ``B(t) = log(1 + exp(-2 lambda))``."""
+        return self.t_from_integrated_beta(torch.nn.functional.softplus(-2.0 * _f64(log_snr)))
+
     def sde(self, x, t):
         check_time(t, x)
         beta = self.beta(t)
@@ -189,6 +213,11 @@ class subVPSDE(VPSDE):
         log_alpha = -0.5 * self.integrated_beta(t)
         return torch.exp(log_alpha), -torch.expm1(2 * log_alpha)
 
+    def t_from_log_snr(self, log_snr):
+        """subVP: ``alpha = exp(-B/2)``, ``sigma = 1 - alpha^2``, so ``exp(-lambda) = 1/alpha - alpha = 2 sinh(B/2)``
+        and ``B(t) = 2 asinh(exp(-lambda) / 2)``."""
+        return self.t_from_integrated_beta(2.0 * torch.asinh(0.5 * torch.exp(-_f64(log_snr))))
+
     def discretize(self, x, t):
         return SDE.discretize(self, x, t)
 
@@ -221,6 +250,10 @@ class VESDE(SDE):
     def marginal_coeffs(self, t):
         sigma = self.sigma(t)
         return torch.ones_like(sigma), sigma
+
+    def t_from_log_snr(self, log_snr):
+        """VE: ``lambda = -log sigma(t)``, so ``t = (-lambda - log sigma_min) / log(sigma_max / sigma_min)``."""
+        return (-_f64(log_snr) - math.log(self.sigma_min)) / (math.log(self.sigma_max) - math.log(self.sigma_min))
 
     def prior_sampling(self, shape, *, generator=None, device=None, dtype=torch.float32):
         z = torch.randn(self._check_shape(shape), generator=generator, device=device, dtype=dtype)

@@ -170,7 +170,7 @@ def pad_to_size(images: Tensor, size: int) -> Tensor:
 class _CIFARUnpickler(pickle.Unpickler):
     """Unpickles only what the CIFAR batches contain (dicts, lists, bytes and numpy arrays), so a
     tampered file cannot run code."""
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
                 ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
 

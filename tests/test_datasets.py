@@ -218,7 +218,7 @@ def test_celeba_uses_the_papers_centre_crop_and_partition(tmp_path):
     for name in ["000001.png", "000002.png", "000003.png"]:
         arrays[name] = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
         Image.fromarray(arrays[name]).save(folder / name)
-    (tmp_path / "list_eval_partition.txt").write_text("000001.png 0\n000002.png 2\n000003.png 0\n")
+    (tmp_path / "list_eval_partition.txt").write_text("000001.png 0\n000002.png 1\n000003.png 0\n")
     config = make_config(dataset="CELEBA", root=str(tmp_path), image_size=140, num_channels=3)
     train, test = datasets.get_dataset(config), datasets.get_dataset(config, split="test")
     assert len(train) == 2 and len(test) == 1
@@ -226,6 +226,21 @@ def test_celeba_uses_the_papers_centre_crop_and_partition(tmp_path):
     assert torch.equal(test.load_uint8(0)[0], torch.from_numpy(crop).permute(2, 0, 1))
     config.data.image_size = 64
     assert datasets.get_dataset(config)[0][0].shape == (3, 64, 64)
+    # without the partition file: the standard id ranges (test = CelebA's validation ids)
+    os.remove(tmp_path / "list_eval_partition.txt")
+    for name, new in [("000001.png", "162770.png"), ("000002.png", "162771.png"), ("000003.png", "182638.png")]:
+        os.rename(folder / name, folder / new)
+    assert [os.path.basename(f) for f in datasets.get_dataset(config).files] == ["162770.png"]
+    assert [os.path.basename(f) for f in datasets.get_dataset(config, split="test").files] == ["162771.png"]
+
+
+def test_lsun_reads_category_folders(tmp_path):
+    for split in ["train", "val"]:
+        (tmp_path / f"bedroom_{split}").mkdir()
+        Image.fromarray(_three_band_image(30, 10)).save(tmp_path / f"bedroom_{split}" / "a.webp", lossless=True)
+    config = make_config(dataset="LSUN", root=str(tmp_path), category="bedroom", image_size=5, num_channels=3)
+    x, _ = datasets.get_dataset(config, split="test")[0]
+    assert x.shape == (3, 5, 5) and torch.allclose(x[:, :, 1:4].mean((1, 2)), torch.tensor([0.0, 1.0, 0.0]), atol=0.02)
 
 
 # ----------------------------------------------------------------------------- digits

@@ -12,6 +12,7 @@ MNIST          idx files ``train-images-idx3-ubyte(.gz)`` ... (also under ``MNIS
                zero-padded / nearest-upsampled to ``image_size``
 CELEBA         ``img_align_celeba/``: centre 140x140 crop, resized to ``image_size``; split by
                ``list_eval_partition.txt`` or, without it, by the standard image-id ranges
+               (``test`` = CelebA's validation partition, as in the paper's code)
 LSUN           ``<category>_train/`` and ``<category>_val/`` folders of exported images
 FFHQ,          a folder of images (``train/`` and ``test/`` or ``val/`` sub-folders if present,
 CelebAHQ,      else the whole folder for both splits); shorter side resized to ``image_size``,
@@ -56,7 +57,8 @@ __all__ = [
 DATASETS = Registry("dataset")
 SPLITS = ("train", "test")
 CELEBA_CROP = 140
-CELEBA_TEST_FIRST_ID = 182638      # standard partition: ids 1..162770 train, 162771..182637 val
+CELEBA_VALID_FIRST_ID = 162771     # standard partition: ids 1..162770 train, 162771..182637 val,
+CELEBA_TEST_FIRST_ID = 182638      # 182638..202599 test
 DEFAULT_NUM_TOY_POINTS = 10000
 _MISSING = object()
 
@@ -139,8 +141,8 @@ def _digits(config, split: str) -> TensorImageDataset:
 
 # ----------------------------------------------------------------------------- folders of images
 
-def _image_folder(config, folder: str, what: str, how: str, *, crop_size=None,
-                  files=None) -> ImageFileDataset:
+def _image_folder(config, folder: str, what: str, how: str, *, files=None,
+                  **transform) -> ImageFileDataset:
     if files is None:
         if not os.path.isdir(folder):
             raise _not_found(what, f"a folder of images at {folder}", how)
@@ -151,8 +153,8 @@ def _image_folder(config, folder: str, what: str, how: str, *, crop_size=None,
     if _field(config.data, "class_folders", False):
         labels, class_names = labels_from_folders(folder, files)
     return ImageFileDataset(files, labels, image_size=_image_size(config),
-                            num_channels=_num_channels(config, (1, 3)), crop_size=crop_size,
-                            class_names=class_names)
+                            num_channels=_num_channels(config, (1, 3)), class_names=class_names,
+                            **transform)
 
 
 def _split_folder(root: str, split: str) -> str:
@@ -165,17 +167,20 @@ def _split_folder(root: str, split: str) -> str:
 
 
 def _celeba_split(files, split: str, partition_file: Optional[str]):
-    """CelebA's standard partition: ``list_eval_partition.txt`` (0 train, 1 val, 2 test) if present,
-    else by image id (``000001.jpg``): train ids < 162771, test ids >= 182638."""
+    """CelebA's standard partition, from ``list_eval_partition.txt`` (0 train, 1 validation,
+    2 test) if present, else from the image ids (``000001.jpg``; validation is ids 162771..182637).
+    Our ``'test'`` split is CelebA's validation partition, as in the paper's code."""
+    wanted = 0 if split == "train" else 1
     if partition_file is not None:
         with open(partition_file) as f:
-            part = dict(line.split() for line in f if line.strip())
-        wanted = "0" if split == "train" else "2"
+            part = {name: int(p) for name, p in (line.split() for line in f if line.strip())}
         return [p for p in files if part.get(os.path.basename(p)) == wanted]
-    ids = [int(os.path.splitext(os.path.basename(p))[0]) for p in files]
-    if split == "train":
-        return [p for p, i in zip(files, ids) if i < 162771]
-    return [p for p, i in zip(files, ids) if i >= CELEBA_TEST_FIRST_ID]
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in files]
+    if not all(s.isdigit() for s in stems):
+        raise ValueError(f"CelebA images are not named by id (e.g. {files[0]!r}); put "
+                         f"list_eval_partition.txt next to img_align_celeba")
+    return [p for p, s in zip(files, stems) if (int(s) >= CELEBA_VALID_FIRST_ID) == bool(wanted)
+            and int(s) < CELEBA_TEST_FIRST_ID]
 
 
 @DATASETS.register("CELEBA")
@@ -190,8 +195,8 @@ def _celeba(config, split: str) -> ImageFileDataset:
     partitions = [os.path.join(d, "list_eval_partition.txt") for d in (root, os.path.dirname(folder))]
     partition = next((p for p in partitions if os.path.isfile(p)), None)
     files = _celeba_split(find_images(folder), split, partition)
-    return _image_folder(config, folder, f"CelebA {split} split", how, crop_size=CELEBA_CROP,
-                         files=files)
+    return _image_folder(config, folder, f"CelebA {split} split", how, files=files,
+                         crop_size=CELEBA_CROP, resample="bilinear")
 
 
 @DATASETS.register("LSUN")
@@ -200,7 +205,11 @@ def _lsun(config, split: str) -> ImageFileDataset:
     folder = os.path.join(root, f"{category}_{'train' if split == 'train' else 'val'}")
     how = (f"Download the {category} lmdb from https://github.com/fyu/lsun and export its images "
            f"(e.g. its data.py export) into {folder}.")
-    return _image_folder(config, folder, f"LSUN {category} {split} split", how)
+    # the paper: resize_small + central_crop at 128; otherwise crop the centred square first,
+    # then a bicubic resize
+    transform = (dict(resample="bilinear") if _image_size(config) == 128
+                 else dict(crop_size="square", resample="bicubic"))
+    return _image_folder(config, folder, f"LSUN {category} {split} split", how, **transform)
 
 
 def _register_image_folder(name: str, how: str) -> None:

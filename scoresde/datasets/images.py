@@ -72,22 +72,27 @@ class TensorImageDataset(ImageDataset):
 class ImageFileDataset(ImageDataset):
     """Image files decoded with PIL on access.
 
-    Each image is converted to grey (``num_channels=1``) or RGB (3), optionally centre-cropped to
-    ``crop_size x crop_size`` (CelebA: 140), then resized so that its shorter side is
-    ``image_size`` (bicubic, antialiased) and centre-cropped to ``image_size x image_size``
-    (the paper's ``resize_small`` + ``central_crop``).
+    Each image is converted to grey (``num_channels=1``) or RGB (3); then, as in the paper's
+    pipelines, optionally centre-cropped first (``crop_size``: an int, e.g. 140 for CelebA, or
+    ``"square"`` for the largest centred square, LSUN at 256), then resized so that its shorter
+    side is ``image_size`` (antialiased ``resample``: ``"bilinear"``, or ``"bicubic"``) and
+    centre-cropped to ``image_size x image_size``.
     """
 
     def __init__(self, files: Sequence[str], labels: Optional[Sequence[int]] = None, *,
-                 image_size: int, num_channels: int = 3, crop_size: Optional[int] = None,
+                 image_size: int, num_channels: int = 3, crop_size=None, resample: str = "bilinear",
                  class_names: Optional[List[str]] = None):
         check_num_channels(num_channels, (1, 3))
+        if resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+        if crop_size is not None and crop_size != "square" and not isinstance(crop_size, int):
+            raise ValueError(f"crop_size must be None, an int or 'square', got {crop_size!r}")
         self.files = list(files)
         self.labels = [0] * len(self.files) if labels is None else [int(y) for y in labels]
         if len(self.labels) != len(self.files):
             raise ValueError(f"got {len(self.labels)} labels for {len(self.files)} files")
         self.image_size, self.num_channels, self.crop_size = int(image_size), num_channels, crop_size
-        self.class_names = class_names
+        self.resample, self.class_names = resample, class_names
 
     def __len__(self) -> int:
         return len(self.files)
@@ -96,8 +101,9 @@ class ImageFileDataset(ImageDataset):
         with Image.open(self.files[index]) as img:
             img = img.convert("L" if self.num_channels == 1 else "RGB")
             if self.crop_size is not None:
-                img = center_crop(img, self.crop_size)
-            img = resize_center_crop(img, self.image_size)
+                square = min(img.width, img.height) if self.crop_size == "square" else self.crop_size
+                img = center_crop(img, square)
+            img = resize_center_crop(img, self.image_size, self.resample)
             array = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, -1)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), self.labels[index]
 
@@ -113,12 +119,16 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bicubic, antialiased), then take the centred square."""
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize_center_crop(img: Image.Image, size: int, resample: str = "bilinear") -> Image.Image:
+    """Resize so the shorter side is ``size`` (PIL's filters antialias when shrinking), then take
+    the centred square: the paper's ``resize_small`` + ``central_crop``."""
     if img.width != size or img.height != size:
         scale = size / min(img.width, img.height)
         shape = (max(size, round(img.width * scale)), max(size, round(img.height * scale)))
-        img = img.resize(shape, Image.BICUBIC)
+        img = img.resize(shape, _RESAMPLE[resample])
     return center_crop(img, size) if img.width != img.height else img
 
 

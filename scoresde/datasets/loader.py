@@ -114,12 +114,14 @@ class DataStream:
         if self._batches.batches_per_epoch == 0:
             raise ValueError(f"batch_size={batch_size} is larger than the {len(sampler)} examples of "
                              f"rank {rank}'s shard of a data set of {len(dataset)} (drop_last=True)")
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        # pinned uint8 batches make the host-to-GPU copy asynchronous; pointless without a GPU
+        pin = torch.cuda.is_available() and self.device.type == "cuda"
         self._loader = DataLoader(_BatchView(dataset), sampler=self._batches, batch_size=None,
-                                  num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                  num_workers=num_workers, pin_memory=pin,
                                   persistent_workers=num_workers > 0)
         self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, seed, rank
         self.infinite, self.random_flip, self.uniform_dequantization = infinite, random_flip, uniform_dequantization
-        self.device = torch.device("cpu") if device is None else torch.device(device)
         self.step, self.stream_id = start_step, stream_id
 
     @property

@@ -126,11 +126,19 @@ def upsample_2d(x: torch.Tensor, k: torch.Tensor, factor: int = 2) -> torch.Tens
     """FIR upsampling (StyleGAN2 ``upsample_2d``): zero-stuffing followed by filtering with
     ``k * factor**2``, as one transposed depthwise convolution. [B, C, H, W] -> [B, C, 2H, 2W].
     ``k`` is a normalised 2-D kernel (``fir_kernel_2d``)."""
-    p = k.shape[0] - factor
-    # upfirdn2d(up=f, pad=((p+1)//2 + f - 1, p//2)) == conv_transpose(stride f, padding kh-1-pad0)
-    pad = k.shape[0] - 1 - ((p + 1) // 2 + factor - 1)
+    kh = k.shape[0]
+    p = kh - factor
+    pad0, pad1 = (p + 1) // 2 + factor - 1, p // 2
+    # upfirdn2d(up, pad) is the full transposed convolution, of length (H - 1) f + kh, cropped by
+    # kh - 1 - pad0 at the start and kh - f - pad1 at the end
+    crop0, crop1 = kh - 1 - pad0, kh - factor - pad1
+    shared = min(crop0, crop1)
     w = _depthwise(torch.flip(k, (0, 1)) * factor ** 2, x)
-    return F.conv_transpose2d(x, w, stride=factor, padding=pad, groups=x.shape[1])
+    y = F.conv_transpose2d(x, w, stride=factor, padding=shared, groups=x.shape[1])
+    if crop0 != crop1:
+        a, b = crop0 - shared, crop1 - shared
+        y = y[:, :, a:y.shape[2] - b, a:y.shape[3] - b]
+    return y
 
 
 def downsample_2d(x: torch.Tensor, k: torch.Tensor, factor: int = 2) -> torch.Tensor:

@@ -225,10 +225,10 @@ class _NCSNv2Base(nn.Module):
         self.begin_conv = nn.Conv2d(channels, nf, 3, padding=1)
         self.normalizer = norm(nf)
         self.end_conv = nn.Conv2d(nf, channels, 3, padding=1)
-        adjust = image_size == 28
         for name, cin, cout, resample, dilation in spec["stages"]:
+            # (the original's adjust_padding for 28 px only reaches a dilated block, where it is unused)
             setattr(self, name, nn.ModuleList([
-                ResidualBlock(cin * nf, cout * nf, resample, act, norm, adjust_padding=adjust, dilation=dilation),
+                ResidualBlock(cin * nf, cout * nf, resample, act, norm, dilation=dilation),
                 ResidualBlock(cout * nf, cout * nf, None, act, norm, dilation=dilation)]))
         for name, in_planes, features, start, end in spec["refines"]:
             setattr(self, name, RefineBlock([c * nf for c in in_planes], features * nf, act, start, end))

@@ -374,6 +374,9 @@ def test_finite_test_stream_is_one_ordered_pass():
     assert torch.equal(ys, datasets.get_dataset(config, split="test").labels)
     assert stream.step == stream.steps_per_epoch == 38          # 297 / 8, last batch short
     assert len(list(stream)) == 38                               # the next pass
+    raw = datasets.get_dataloader(config, "test", raw=True)
+    x, y = next(iter(raw))
+    assert x.dtype == torch.uint8 and torch.equal(x, datasets.get_dataset(config, split="test").images[:8])
     train, evaluation = datasets.get_data_iterators(config)
     x, _ = next(iter(train))
     assert x.shape == (8, 1, 8, 8) and x.dtype == torch.float32
@@ -388,6 +391,6 @@ def test_scalers_round_trip():
     centered = datasets.get_data_scaler(make_config(centered=True))
     assert centered(torch.tensor(0.0)) == -1 and centered(torch.tensor(1.0)) == 1
     g = torch.Generator().manual_seed(0)
-    k = torch.randint(0, 256, (1000,), generator=g).float()
-    d = datasets.uniform_dequantize(k / 255, generator=g)
-    assert ((d * 256 - k) >= -1e-4).all() and ((d * 256 - k) < 1 + 1e-4).all()
+    k = torch.randint(0, 256, (1000,), generator=g, dtype=torch.uint8)
+    d = datasets.dequantize_counts(k, generator=g)
+    assert d.dtype == torch.float32 and (d * 256 - k >= 0).all() and (d * 256 - k < 1).all()

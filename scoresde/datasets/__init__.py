@@ -39,13 +39,13 @@ from .images import (ImageDataset, ImageFileDataset, TensorImageDataset, center_
                      find_file, find_images, labels_from_folders, match_channels, mnist_search_dirs,
                      pad_to_size, read_cifar10, read_digits, read_idx, read_mnist, resize_center_crop,
                      resize_uint8, check_num_channels, MNIST_FILES)
-from .loader import DataStream, EpochBatchSampler, random_flip, step_seed, uniform_dequantize
+from .loader import DataStream, EpochBatchSampler, dequantize_counts, random_flip, step_seed
 from .toy import (TOY_DISTRIBUTIONS, PointDataset, checkerboard, eight_gaussians,
                   eight_gaussians_mixture, sample_toy, swiss_roll, two_moons)
 
 __all__ = [
     "DATASETS", "get_dataset", "get_dataloader", "get_data_iterators", "get_data_scaler",
-    "get_data_inverse_scaler", "center", "uncenter", "identity", "uniform_dequantize", "random_flip",
+    "get_data_inverse_scaler", "center", "uncenter", "identity", "dequantize_counts", "random_flip",
     "DataStream", "ImageDataset", "TensorImageDataset", "ImageFileDataset", "PointDataset",
     "download_url", "download_cifar10", "extract_archive", "file_digest", "read_cifar10", "read_idx",
     "read_mnist", "read_digits", "find_images", "pad_to_size", "resize_uint8", "center_crop",
@@ -269,7 +269,7 @@ def _per_rank_batch_size(config, split: str, world_size: int) -> int:
 def get_dataloader(config, split: str = "train", *, rank: int = 0, world_size: int = 1,
                    seed: Optional[int] = None, start_step: int = 0, infinite: Optional[bool] = None,
                    shuffle: Optional[bool] = None, batch_size: Optional[int] = None,
-                   device=None, dataset=None) -> DataStream:
+                   device=None, dataset=None, raw: bool = False) -> DataStream:
     """A :class:`DataStream` over ``get_dataset(config, split=split)`` (or ``dataset``).
 
     * batch size per rank: ``batch_size``, else ``config.training.batch_size`` (train) or
@@ -281,7 +281,8 @@ def get_dataloader(config, split: str = "train", *, rank: int = 0, world_size: i
     * uniform dequantisation on both splits if ``config.data.uniform_dequantization``;
     * ``config.data.num_workers`` worker processes (default 0 for in-memory data, else
       ``min(2, cpu_count)``), persistent; pinned memory only when CUDA exists.
-    Images come out float32 in ``[0, 1]``, not yet scaled: apply :func:`get_data_scaler`.
+    Images come out float32 in ``[0, 1]``, not yet scaled: apply :func:`get_data_scaler`;
+    ``raw=True`` yields the stored ``uint8`` counts instead (no flips, no dequantisation).
     """
     _check_split(split)
     train = split == "train"
@@ -299,7 +300,8 @@ def get_dataloader(config, split: str = "train", *, rank: int = 0, world_size: i
         shuffle=(train or infinite) if shuffle is None else shuffle, drop_last=train,
         infinite=infinite, random_flip=images and train and bool(_field(config.data, "random_flip", False)),
         uniform_dequantization=images and bool(_field(config.data, "uniform_dequantization", False)),
-        num_workers=num_workers, device=device, start_step=start_step, stream_id=SPLITS.index(split))
+        num_workers=num_workers, device=device, start_step=start_step, stream_id=SPLITS.index(split),
+        raw=raw)
 
 
 def get_data_iterators(config, *, rank: int = 0, world_size: int = 1, start_step: int = 0,

@@ -24,10 +24,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ..utils import batch_broadcast
 
 
-def uniform_dequantize(x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Uniform dequantisation of 8-bit data in ``[0, 1]``: ``(255 x + u) / 256``, ``u ~ U[0, 1)``."""
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (x * 255.0 + u) / 256.0
+def dequantize_counts(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """8-bit counts ``uint8`` -> float32 ``(x + u) / 256``, ``u ~ U[0, 1)``: the paper's
+    ``(255 x' + u) / 256`` for ``x' = x / 255``. Uses ``scoresde.likelihood.uniform_dequantize``
+    (the same formula, one implementation for training and bits/dim) when that module exists."""
+    try:
+        from ..likelihood import uniform_dequantize
+    except ImportError:   # the likelihood module is optional for data loading
+        return (x.float() + torch.rand(x.shape, generator=generator, device=x.device)) / 256.0
+    return uniform_dequantize(x, generator)
 
 
 def random_flip(x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -89,7 +94,9 @@ class _BatchView(Dataset):
 class DataStream:
     """Iterable of batches ``(x, y)`` of a data set with ``get_batch`` (see the module docstring
     for the order). Images come out as float32 ``[B, C, H, W]`` in ``[0, 1]`` (``uint8`` storage,
-    converted once per batch on ``device``), points unchanged; ``y`` is ``int64 [B]``.
+    converted once per batch on ``device``), or as the stored ``uint8`` counts with ``raw=True``
+    (no flips, no dequantisation: e.g. for bits/dim with its own dequantisation draws); points
+    unchanged; ``y`` is ``int64 [B]``.
 
     ``infinite=True`` yields forever, epoch after epoch; otherwise each ``iter()`` yields the rest
     of the current epoch (a full pass when started at an epoch boundary). ``step`` is the number
@@ -100,7 +107,7 @@ class DataStream:
                  shuffle: bool = True, drop_last: bool = True, infinite: bool = True,
                  random_flip: bool = False, uniform_dequantization: bool = False,
                  num_workers: int = 0, device: Optional[torch.device] = None,
-                 start_step: int = 0, stream_id: int = 0):
+                 start_step: int = 0, stream_id: int = 0, raw: bool = False):
         _check_int("batch_size", batch_size, 1)
         _check_int("world_size", world_size, 1)
         _check_int("seed", seed, 0)
@@ -122,7 +129,7 @@ class DataStream:
                                   persistent_workers=num_workers > 0)
         self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, seed, rank
         self.infinite, self.random_flip, self.uniform_dequantization = infinite, random_flip, uniform_dequantization
-        self.step, self.stream_id = start_step, stream_id
+        self.step, self.stream_id, self.raw = start_step, stream_id, raw
 
     @property
     def steps_per_epoch(self) -> int:
@@ -157,18 +164,19 @@ class DataStream:
                 return
 
     def _finish(self, x: Tensor, y: Tensor, step: int) -> Tuple[Tensor, Tensor]:
-        """Move to ``device``; for ``uint8`` images convert to float, flip and dequantise."""
+        """Move to ``device``; for ``uint8`` images (unless ``raw``) flip, then convert to float or
+        dequantise."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if x.dtype != torch.uint8:
             return x, y
+        if self.raw:
+            return x, y
         generator = torch.Generator(device=x.device)
         generator.manual_seed(step_seed(self.seed, self.rank, step, self.stream_id))
-        x = x.float().div_(255.0)
         if self.random_flip:
             x = random_flip(x, generator=generator)
-        if self.uniform_dequantization:
-            x = uniform_dequantize(x, generator=generator)
+        x = dequantize_counts(x, generator) if self.uniform_dequantization else x.float().div_(255.0)
         return x, y
 
 

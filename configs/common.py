@@ -1,0 +1,97 @@
+"""Fields every dataset default config shares beyond the paper's: data location, mixed precision,
+sampler options, evaluation outputs and metrics. Each ``configs/default_<dataset>_configs.py`` calls
+:func:`add_run_fields` at its end, so all configs stay consistent.
+
+Sampler options: ``config.sampling.sampler`` names any registered sampler (``pc``, ``ode``, ``ddim``,
+...) and ``config.sampling.options.<sampler>`` holds that sampler's options with their defaults, passed
+as ``**kwargs`` to ``scoresde.sampling.get_sampler``; override any of them on the command line::
+
+    --config.sampling.sampler=ode --config.sampling.options.ode.rtol=1e-3
+
+The paper's names stay valid and are linked to the same values: ``sampling.method`` is
+``sampling.sampler``; ``predictor``, ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow`` are
+the ``pc`` options; ``noise_removal`` is every sampler's ``denoise``.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+# paper's field in config.sampling -> option of the pc sampler
+PAPER_PC_FIELDS = {"predictor": "predictor", "corrector": "corrector", "snr": "snr",
+                   "n_steps_each": "n_steps", "probability_flow": "probability_flow", "noise_removal": "denoise"}
+# options the run sets itself (from config.device and the model's dtype), never from the config
+_RUN_OPTIONS = ("device", "dtype")
+
+
+def _option_field(value):
+    """A config field for an option default: the value itself, or an untyped placeholder for ``None``."""
+    if value is None:
+        return config_dict.placeholder(object)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return None  # not expressible on a command line (e.g. a tensor): leave it to the sampler's default
+
+
+def sampler_options() -> ml_collections.ConfigDict:
+    """``{sampler name: {option: default}}`` for every registered sampler."""
+    from scoresde.sampling.base import SAMPLERS
+    import scoresde.sampling  # noqa: F401  (registers the samplers)
+
+    options = ml_collections.ConfigDict()
+    for name in SAMPLERS.list():
+        fields = {key: _option_field(default) for key, default in SAMPLERS.get(name).options.items()
+                  if key not in _RUN_OPTIONS}
+        options[name] = ml_collections.ConfigDict({k: v for k, v in fields.items() if v is not None})
+    return options
+
+
+def link_paper_sampling_fields(sampling: ml_collections.ConfigDict) -> None:
+    """Make the paper's sampling fields and ``sampler`` / ``options.*`` one set of values."""
+    sampling.sampler = sampling.get_ref("method")
+    for name, opts in sampling.options.items():
+        links = PAPER_PC_FIELDS if name == "pc" else {"noise_removal": "denoise"}
+        for paper, option in links.items():
+            if option in opts:
+                del opts[option]
+                opts[option] = sampling.get_ref(paper)
+
+
+def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Add this project's fields (on top of the paper's) to a dataset default config, in place."""
+    data = config.data
+    data.root = "data"            # where datasets are read from (and downloaded to)
+    data.download = False         # fetch a missing dataset that supports it (CIFAR-10)
+    data.num_workers = 0          # DataLoader worker processes
+
+    training = config.training
+    training.mixed_precision = "no"      # 'no', 'bf16' or 'fp16' (torch.autocast; fp16 with a GradScaler)
+    training.snapshot_num_samples = 64   # samples in the grid PNG written every snapshot_freq
+    training.max_seconds = 0.0           # > 0: stop (with a checkpoint) after this much wall time
+
+    config.optim.beta2 = 0.999
+
+    sampling = config.sampling
+    sampling.method = sampling.get("method", "pc")
+    for paper, default in (("predictor", "euler_maruyama"), ("corrector", "none"), ("snr", 0.16),
+                           ("n_steps_each", 1), ("noise_removal", True), ("probability_flow", False)):
+        if paper not in sampling:
+            sampling[paper] = default
+    sampling.options = sampler_options()
+    link_paper_sampling_fields(sampling)
+
+    evaluate = config.eval
+    evaluate.eval_folder = "eval"          # results go to <workdir>/<eval_folder>/ckpt_<n>.json
+    evaluate.bpd_num_repeats = 5           # bits/dim averaged over this many dequantisation draws
+    evaluate.bpd_num_images = 0            # > 0: bits/dim on the first this-many test images only
+    evaluate.bpd_rtol = 1e-5               # ODE tolerances of the likelihood
+    evaluate.bpd_atol = 1e-5
+    evaluate.metrics = ("fid", "is", "kid")  # computed on the samples when enable_sampling is on
+    evaluate.require_metrics = False       # True: a metric that cannot be computed is an error
+    evaluate.inception_weights = ""        # path of the Inception weights ("" = default lookup)
+    evaluate.dataset_stats = ""            # precomputed training-set statistics .npz ("" = compute + cache)
+    evaluate.save_samples = True           # write the samples as .npz and a PNG grid
+
+    if "seed" not in config:
+        config.seed = 42
+    if "device" not in config:
+        config.device = ""  # '' = CUDA when available, else CPU; or 'cpu', 'cuda', 'cuda:1'
+    return config

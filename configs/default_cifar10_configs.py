@@ -7,6 +7,8 @@ the sampler and the network. Load one with ml-collections, e.g.
 import ml_collections
 import torch
 
+from configs.common import add_run_fields
+
 
 def get_default_configs():
     config = ml_collections.ConfigDict()
@@ -81,4 +83,5 @@ def get_default_configs():
 
     config.seed = 42
     config.device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    return config
+    # this project's fields (data root, mixed precision, sampler options, eval outputs): configs/common.py
+    return add_run_fields(config)

@@ -205,6 +205,8 @@ def test_image_folder_missing_or_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has none"):
         datasets.get_dataset(make_config(dataset="IMAGEFOLDER", root=str(tmp_path / "empty"), image_size=8))
+    with pytest.raises(FileNotFoundError, match=r"img_align_celeba.*mmlab.ie.cuhk.edu.hk"):
+        datasets.get_dataset(make_config(dataset="CELEBA", root=str(tmp_path), image_size=8))
     with pytest.raises(FileNotFoundError, match="church_outdoor_train"):
         datasets.get_dataset(make_config(dataset="LSUN", root=str(tmp_path), category="church_outdoor",
                                          image_size=8))

@@ -22,6 +22,11 @@ TOY            ``data.toy_name`` in :data:`TOY_DISTRIBUTIONS`, ``data.num_toy_po
                drawn from ``config.seed`` (train) and a seed derived from it (test)
 =============  ==============================================================================
 
+Custom data: put the images in a folder (any sub-folders) and use ``dataset='IMAGEFOLDER'``
+with ``root`` pointing at it; or register a builder ``(config, split) -> Dataset`` with
+``@DATASETS.register('NAME')``, returning a :class:`TensorImageDataset` (``uint8`` images in
+memory), an :class:`ImageFileDataset` (files) or any data set with ``get_batch(indices)``.
+
 ``get_dataloader`` / ``get_data_iterators`` wrap a data set in a :class:`DataStream` (seeded
 shuffling, per-rank sharding, random flip, uniform dequantisation, exact resume from a step);
 ``get_data_scaler`` / ``get_data_inverse_scaler`` map ``[0, 1]`` to the model's range and back.

@@ -34,7 +34,6 @@ shuffling, per-rank sharding, random flip, uniform dequantisation, exact resume 
 import os
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..registry import Registry

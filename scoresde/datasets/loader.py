@@ -62,14 +62,15 @@ class EpochBatchSampler(Sampler):
     def set_position(self, epoch: int, offset: int) -> None:
         self.epoch, self.offset = epoch, offset
 
-    def batch(self, epoch: int, index: int) -> List[int]:
+    def _order(self, epoch: int) -> List[int]:
         self.sampler.set_epoch(epoch)
-        order = list(self.sampler)
-        return order[index * self.batch_size:(index + 1) * self.batch_size]
+        return list(self.sampler)
+
+    def batch(self, epoch: int, index: int) -> List[int]:
+        return self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[List[int]]:
-        self.sampler.set_epoch(self.epoch)
-        order = list(self.sampler)
+        order = self._order(self.epoch)
         for i in range(self.offset, self.batches_per_epoch):
             yield order[i * self.batch_size:(i + 1) * self.batch_size]
 

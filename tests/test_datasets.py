@@ -69,6 +69,19 @@ def test_cifar10_reads_pixels_labels_and_chw_layout(cifar, where):
         assert y == labels[1] and ds.labels.tolist() == labels
 
 
+def test_cifar10_reads_numpy1_pickles(tmp_path):
+    """The official batches name ``numpy.core.multiarray`` (NumPy 1); NumPy 2 calls it ``numpy._core``."""
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    blob = pickle.dumps({b"data": data, b"labels": [3, 4]}, protocol=2)
+    blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in blob
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(blob)
+    images, labels = datasets.read_cifar10(str(folder), "test")
+    assert torch.equal(images, torch.from_numpy(data.reshape(2, 3, 32, 32))) and labels.tolist() == [3, 4]
+
+
 def test_cifar10_unpickler_refuses_code(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -122,6 +135,20 @@ def test_download_url_verifies_checksum_and_leaves_nothing_on_mismatch(tmp_path)
     assert sorted(os.listdir(out)) == ["a.tar.gz", "b.tar.gz"]     # no c, no temporary file
     datasets.extract_archive(path, str(tmp_path / "x"))
     assert (tmp_path / "x" / "hello.txt").read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("stdlib_filter", [True, False])
+def test_extract_archive_refuses_paths_outside(tmp_path, monkeypatch, stdlib_filter):
+    if not stdlib_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        info = tarfile.TarInfo("../evil.txt")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises((ValueError, tarfile.TarError)):
+        datasets.extract_archive(str(archive), str(tmp_path / "out"))
+    assert not (tmp_path / "evil.txt").exists() and os.listdir(tmp_path / "out") == []
 
 
 # ----------------------------------------------------------------------------- MNIST

@@ -82,7 +82,7 @@ def extract_archive(archive: str, folder: str) -> None:
                 z.extractall(tmp)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
+                _extract_tar(t, tmp)
         else:
             raise ValueError(f"archive {archive!r} is neither a tar nor a zip file")
         for name in os.listdir(tmp):
@@ -92,6 +92,19 @@ def extract_archive(archive: str, folder: str) -> None:
             os.replace(os.path.join(tmp, name), target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_tar(archive: tarfile.TarFile, folder: str) -> None:
+    if hasattr(tarfile, "data_filter"):     # Python >= 3.11.4 / 3.10.12 / 3.9.17
+        archive.extractall(folder, filter="data")
+        return
+    base = os.path.realpath(folder)
+    for member in archive.getmembers():
+        target = os.path.realpath(os.path.join(folder, member.name))
+        if not (member.isfile() or member.isdir()) or not target.startswith(base + os.sep):
+            raise ValueError(f"refusing to extract {member.name!r}: a link, device or a path "
+                             f"outside {folder!r}")
+    archive.extractall(folder)
 
 
 def download_cifar10(root: str, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> str:

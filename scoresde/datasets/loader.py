@@ -169,9 +169,7 @@ class DataStream:
         dequantise."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        if x.dtype != torch.uint8:
-            return x, y
-        if self.raw:
+        if x.dtype != torch.uint8 or self.raw:
             return x, y
         generator = torch.Generator(device=x.device)
         generator.manual_seed(step_seed(self.seed, self.rank, step, self.stream_id))

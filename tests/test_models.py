@@ -131,7 +131,7 @@ def test_forward_backward_shape_and_determinism(name):
 
 @pytest.mark.parametrize("name, sizes", [
     ("vp.cifar10", [16, 64]), ("ve.cifar10", [16, 64]),
-    ("vp.ddpm.cifar10", [16, 24]), ("ve.ncsnv2.cifar10", [28, 32, 64])])
+    ("vp.ddpm.cifar10", [16, 24]), ("ve.ncsnv2.cifar10", [28, 32, 64, 96, 136])])
 def test_builds_for_other_image_sizes(name, sizes):
     for size in sizes:
         config = tiny(load_config(name))
@@ -139,6 +139,8 @@ def test_builds_for_other_image_sizes(name, sizes):
         if size == 24:  # pyramid 24, 12, 6, 3
             config.model.attn_resolutions = (12,)
         model = create_model(config).eval()
+        if config.model.name == "ncsnv2":  # deeper RefineNets for larger images
+            assert hasattr(model, "res5") == (size >= 96) and hasattr(model, "res31") == (size > 128)
         x = torch.rand(1, 3, size, size)
         with torch.no_grad():
             assert run(model, config, x).shape == x.shape

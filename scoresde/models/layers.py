@@ -302,7 +302,14 @@ def _add_temb(h: torch.Tensor, dense_layer: nn.Linear, act: nn.Module,
               temb: Optional[torch.Tensor]) -> torch.Tensor:
     if temb is None:
         return h
-    return h + dense_layer(act(temb))[:, :, None, None]
+    # in place: h is a convolution's output, which its backward does not need
+    return h.add_(dense_layer(act(temb))[:, :, None, None])
+
+
+def _residual_sum(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tensor:
+    """``x + h``, divided by sqrt(2) when ``skip_rescale``; in place on ``h`` (a conv output)."""
+    h = h.add_(x)
+    return h.mul_(1.0 / _SQRT2) if skip_rescale else h
 
 
 class ResnetBlockDDPM(nn.Module):
@@ -367,7 +374,7 @@ class ResnetBlockDDPMpp(nn.Module):
         h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
         if self.in_ch != self.out_ch:
             x = self.Conv_2(x) if self.conv_shortcut else self.NIN_0(x)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return _residual_sum(x, h, self.skip_rescale)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -410,4 +417,4 @@ class ResnetBlockBigGANpp(nn.Module):
         h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
         if self.has_skip_conv:
             x = self.Conv_2(x)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return _residual_sum(x, h, self.skip_rescale)

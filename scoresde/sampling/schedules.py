@@ -110,7 +110,7 @@ def get_timesteps(schedule: Union[str, Sequence[float]], sde: SDE, n: int, eps: 
         t = torch.as_tensor(schedule, dtype=torch.float64).reshape(-1).clone()
         if t.numel() != n + 1:
             raise ValueError(f"schedule holds {t.numel()} times, that is {t.numel() - 1} steps, not {n}")
-        if not (math.isclose(float(t[0]), sde.T, rel_tol=1e-9) and math.isclose(float(t[-1]), eps, rel_tol=1e-9)):
+        if not (math.isclose(float(t[0]), sde.T, rel_tol=1e-6) and math.isclose(float(t[-1]), eps, rel_tol=1e-6)):
             raise ValueError(f"schedule given as times must run from T = {sde.T} to eps = {eps}, "
                              f"got {float(t[0])} .. {float(t[-1])}")
     t[0], t[-1] = sde.T, eps  # exact endpoints, whatever the round-off of the inverse

@@ -1,0 +1,135 @@
+"""Accuracy of the fast solvers against closed-form truth: relative RMS error of the probability-flow map.
+
+Three problems, every deterministic solver x schedule, NFE in {5, 10, 20, 50} (``--quick``: {10, 20}):
+
+(a) isotropic Gaussian data N(0, 0.5^2 I) in the EDM/VE parameterisation, sigma from 80 to 0.002
+    (``VESDE(sigma_min=0.002, sigma_max=80)``, T = 1 -> eps = 1e-5 there is sigma 80 -> 0.002 * 1.0001);
+    truth: the exact map ``analytic.Gaussian.flow_map``;
+(b) a diagonal Gaussian, per-dimension std 0.05..0.5 (and a mean in [-0.5, 0.5]) under ``VPSDE()``,
+    T = 1 -> eps = 1e-3; truth: the exact map;
+(c) a 2-D Gaussian mixture (4 components, std 0.1..0.2) under ``VPSDE()``; truth: ``scipy.integrate.solve_ivp``
+    (DOP853, rtol = atol = 1e-9) of the same probability-flow ODE.
+
+The error is ``||x - x_ref|| / ||x_ref||`` over the whole batch (float64, ``denoise=False``), starting every
+solver from the same prior draw. Run: ``python benchmarks/solvers.py`` (``--quick`` for a smaller run).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table  # noqa: E402  (also puts the repository on sys.path)
+
+from scoresde import analytic, sde_lib  # noqa: E402
+from scoresde.sampling import get_sampler  # noqa: E402
+import scoresde.sampling.fast  # noqa: E402,F401  (registers the solvers)
+
+SOLVERS = [("euler", {}), ("ddim", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
+           ("unipc", {"order": 2}), ("unipc", {"order": 3})]
+SCHEDULES = ["uniform", "logsnr", "edm", "quadratic"]
+BATCH = 256
+
+
+def probability_flow_reference(sde, score_fn, x: torch.Tensor, t0: float, t1: float, tol: float = 1e-9):
+    """Solve ``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` from ``t0`` to ``t1`` with scipy (float64)."""
+    shape = x.shape
+
+    def rhs(t, y):
+        xt = torch.from_numpy(y).reshape(shape)
+        tt = torch.full((shape[0],), t, dtype=torch.float64)
+        drift, diffusion = sde.reverse(score_fn, probability_flow=True).sde(xt, tt)
+        return drift.reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (t0, t1), x.reshape(-1).numpy(), method="DOP853", rtol=tol, atol=tol)
+    if not sol.success:
+        raise RuntimeError(f"reference solve failed: {sol.message}")
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape)
+
+
+def problems():
+    """``name -> (sde, score_fn, x_T, reference(eps))``, float64."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+
+    ve = sde_lib.VESDE(sigma_min=0.002, sigma_max=80.0)
+    iso = analytic.Gaussian.diagonal(torch.zeros(64), torch.full((64,), 0.5))
+    x = ve.prior_sampling((BATCH, 64), generator=gen, dtype=torch.float64)
+    out["(a) VE isotropic"] = (ve, iso.score_fn(ve), x, lambda eps, x=x: iso.flow_map(ve, x, ve.T, eps))
+
+    vp = sde_lib.VPSDE()
+    diag = analytic.Gaussian.diagonal(torch.linspace(-0.5, 0.5, 64), torch.linspace(0.05, 0.5, 64))
+    x = vp.prior_sampling((BATCH, 64), generator=gen, dtype=torch.float64)
+    out["(b) VP diagonal"] = (vp, diag.score_fn(vp), x, lambda eps, x=x: diag.flow_map(vp, x, vp.T, eps))
+
+    mix = analytic.GaussianMixture([0.4, 0.3, 0.2, 0.1],
+                                   torch.tensor([[-1.0, -1.0], [1.0, -0.5], [0.0, 1.0], [1.2, 1.2]]),
+                                   torch.tensor([0.1, 0.15, 0.2, 0.1]))
+    x = vp.prior_sampling((BATCH, 2), generator=gen, dtype=torch.float64)
+    cache = {}
+
+    def mixture_reference(eps, x=x):
+        if eps not in cache:
+            cache[eps] = probability_flow_reference(vp, mix.score_fn(vp), x, vp.T, eps)
+        return cache[eps]
+
+    out["(c) VP mixture"] = (vp, mix.score_fn(vp), x, mixture_reference)
+    return out
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x - ref) / torch.linalg.vector_norm(ref))
+
+
+def solver_label(name, extra):
+    return name + "".join(f"({k}={v})" for k, v in extra.items())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="NFE 10 and 20 only")
+    args = parser.parse_args(argv)
+    nfes = [10, 20] if args.quick else [5, 10, 20, 50]
+    probs = problems()
+
+    errors = {}  # (problem, solver label, schedule, nfe) -> error
+    for pname, (sde, score_fn, x, reference) in probs.items():
+        for name, extra in SOLVERS:
+            for schedule in SCHEDULES:
+                for nfe in nfes:
+                    sampler = get_sampler(name, sde=sde, shape=x.shape, nfe=nfe, schedule=schedule,
+                                          denoise=False, dtype=torch.float64, **extra)
+                    y, used = sampler(score_fn, x_init=x)
+                    assert used == nfe, (name, nfe, used)
+                    errors[pname, solver_label(name, extra), schedule, nfe] = relative_error(y, reference(sampler.eps))
+
+    headers = ["solver", "schedule"] + [f"{p.split()[0]} {n}" for p in probs for n in nfes]
+    rows = [[solver_label(n, e), s] + [f"{errors[p, solver_label(n, e), s, k]:.1e}" for p in probs for k in nfes]
+            for n, e in SOLVERS for s in SCHEDULES]
+    print("Relative RMS error vs the exact probability-flow map, by problem and NFE "
+          "(float64, same prior draw, denoise=False)\n")
+    print(markdown_table(headers, rows))
+
+    # the goals of issue 6
+    pa = next(iter(probs))
+    print("\nGoals:")
+    for nfe, goal in [(10, 4e-2), (20, 1e-2)]:
+        if nfe not in nfes:
+            continue
+        best = min(((errors[pa, solver_label(n, e), s, nfe], solver_label(n, e), s) for n, e in SOLVERS
+                    for s in SCHEDULES))
+        print(f"- (a) at {nfe} NFE: best {best[1]} / {best[2]} {best[0]:.1e} (goal <= {goal:.0e}: "
+              f"{'met' if best[0] <= goal else 'NOT met'})")
+    for pname in list(probs)[1:]:
+        for n, e in SOLVERS[1:]:
+            label = solver_label(n, e)
+            ratios = [errors[pname, "euler", s, k] / errors[pname, label, s, k] for s in SCHEDULES for k in nfes]
+            print(f"- {pname}: Euler error / {label} error, min over schedules and NFE = {min(ratios):.2f}, "
+                  f"median {float(np.median(ratios)):.1f} (goal >= 2: {'met' if min(ratios) >= 2 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

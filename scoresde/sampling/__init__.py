@@ -1,4 +1,14 @@
-"""Samplers chosen by name: ``get_sampler(name, sde=..., shape=..., **options)(score_fn) -> (x, nfe)``."""
-from .base import CountingScore, Sampler, get_sampler, list_samplers, register_sampler
+"""Samplers chosen by name: ``get_sampler(name, sde=..., shape=..., **options)(score_fn) -> (x, nfe)``.
 
-__all__ = ["CountingScore", "Sampler", "get_sampler", "list_samplers", "register_sampler"]
+Registered: ``pc`` and ``ancestral`` (:mod:`.pc`), ``ode`` (:mod:`.ode`, scipy), ``sde`` (:mod:`.sde`, torchsde).
+Predictors and correctors of ``pc`` are chosen by name too (:mod:`.predictors`, :mod:`.correctors`).
+"""
+from .base import CountingScore, Sampler, get_sampler, list_samplers, register_sampler, tweedie_denoise
+from .predictors import get_predictor, list_predictors, register_predictor
+from .correctors import get_corrector, list_correctors, register_corrector
+# each module below registers its samplers on import
+from . import pc, ode, sde
+
+__all__ = ["CountingScore", "Sampler", "get_sampler", "list_samplers", "register_sampler", "tweedie_denoise",
+           "get_predictor", "list_predictors", "register_predictor",
+           "get_corrector", "list_correctors", "register_corrector"]

@@ -12,6 +12,7 @@ import torch
 
 from ..registry import Registry
 from ..sde_lib import SDE
+from ..utils import batch_broadcast
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -121,4 +122,11 @@ def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-__all__ = ["Sampler", "CountingScore", "register_sampler", "get_sampler", "list_samplers", "randn_like"]
+def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    """Tweedie's formula ``E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t)``: one noise-free step to ``t = 0``."""
+    alpha, sigma = sde.marginal_coeffs(t)
+    return (x + batch_broadcast(sigma ** 2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
+
+
+__all__ = ["Sampler", "CountingScore", "register_sampler", "get_sampler", "list_samplers", "randn_like",
+           "tweedie_denoise"]

@@ -1,0 +1,73 @@
+"""Sampling by the probability-flow ODE (Song et al. 2021, eq. 13) with ``scipy.integrate.solve_ivp``.
+
+``dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t)`` is integrated from ``T`` down to ``eps`` in float64 (the state that
+scipy sees is the flattened batch); the score is evaluated in the sampler's dtype and device. ``denoise``
+finishes with Tweedie's formula at ``eps`` (one more score evaluation).
+"""
+import math
+
+import numpy as np
+import torch
+from scipy import integrate
+
+from ..sde_lib import SDE
+from .base import ScoreFn, Sampler, register_sampler, tweedie_denoise
+
+Tensor = torch.Tensor
+
+SOLVE_IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+
+class _FlatDrift:
+    """``fun(t, y)`` for ``solve_ivp``: the probability-flow drift on a flat float64 numpy state.
+
+    The state is copied once per call into a reused buffer in the score's dtype and device; the drift goes back
+    as a new float64 array (scipy keeps references to the arrays ``fun`` returns, so they cannot be reused).
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, like: Tensor):
+        self.drift_fn = sde.reverse(score_fn, probability_flow=True).sde
+        self.x = torch.empty_like(like)
+        self.t = torch.empty(like.shape[0], dtype=like.dtype, device=like.device)
+
+    def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
+        self.x.copy_(torch.from_numpy(y).view(self.x.shape))
+        self.t.fill_(t)
+        drift, _ = self.drift_fn(self.x, self.t)
+        return drift.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+
+
+@register_sampler("ode")
+class ODESampler(Sampler):
+    """Probability-flow ODE sampler. Options: ``method`` (any ``solve_ivp`` method: RK45, RK23, DOP853, Radau,
+    BDF, LSODA; the implicit ones estimate a Jacobian by finite differences, so they suit small problems only),
+    ``rtol``, ``atol`` (positive), ``denoise``."""
+
+    options = {**Sampler.options, "method": "RK45", "rtol": 1e-5, "atol": 1e-5}
+
+    def check_options(self) -> None:
+        if self.method not in SOLVE_IVP_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(SOLVE_IVP_METHODS)}")
+        check_tolerances(rtol=self.rtol, atol=self.atol)
+
+    def _sample(self, score_fn, x, *, generator, progress):
+        fun = _FlatDrift(self.sde, score_fn, x)
+        y0 = x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+        solution = integrate.solve_ivp(fun, (self.sde.T, self.eps), y0, method=self.method,
+                                       rtol=self.rtol, atol=self.atol, t_eval=(self.eps,))
+        if not solution.success:
+            raise RuntimeError(f"solve_ivp ({self.method}) failed: {solution.message}")
+        x = torch.from_numpy(solution.y[:, -1]).view(x.shape).to(device=x.device, dtype=x.dtype)
+        if self.denoise:
+            x = tweedie_denoise(self.sde, score_fn, x, torch.full_like(fun.t, self.eps))
+        return x
+
+
+def check_tolerances(**tolerances) -> None:
+    """``ValueError`` naming the first tolerance that is not a finite positive number."""
+    for name, value in tolerances.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+__all__ = ["ODESampler", "SOLVE_IVP_METHODS", "check_tolerances"]

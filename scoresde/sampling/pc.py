@@ -1,0 +1,111 @@
+"""Predictor-corrector sampling (Song et al. 2021, Alg. 1) and ancestral sampling (DDPM / SMLD, eq. 47).
+
+Time grids (``t`` runs from ``T`` down, one predictor step and ``n_steps`` corrector steps per point):
+- a continuous predictor (``euler_maruyama``) steps between consecutive points of ``linspace(T, eps, N + 1)``, so
+  its last step lands exactly on ``eps`` (the paper's code steps ``dt = -1/N`` from ``eps`` and overshoots);
+- a discrete predictor (``reverse_diffusion``, ``ancestral_sampling``) and corrector-only sampling visit the
+  levels ``i = N-1, ..., 0`` at ``t_i = i T / (N - 1)``, where ``sde.step_index(t_i) == i`` exactly, so each step
+  uses the coefficients of its own level. The score is never asked below ``eps``: level 0 (``t = 0``) is scored
+  at ``eps``.
+``denoise`` returns the noise-free mean of the last step.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from .base import ScoreFn, Sampler, register_sampler
+from .correctors import NoneCorrector, get_corrector, list_correctors
+from .predictors import NonePredictor, get_predictor, list_predictors
+
+Tensor = torch.Tensor
+
+
+class _ScoreAtLeast:
+    """``score_fn(x, max(t, eps))``: the score as the network was trained, on ``[eps, T]``."""
+
+    def __init__(self, score_fn: ScoreFn, eps: float):
+        self.score_fn = score_fn
+        self.eps = eps
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.score_fn(x, t.clamp(min=self.eps))
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc)
+
+
+@register_sampler("pc")
+class PCSampler(Sampler):
+    """Predictor-corrector sampler.
+
+    Options: ``predictor`` (``euler_maruyama``, ``reverse_diffusion``, ``ancestral_sampling``, ``none``),
+    ``corrector`` (``langevin``, ``ald``, ``none``), ``snr`` (the corrector's signal-to-noise ratio), ``n_steps``
+    (corrector steps per time), ``probability_flow`` (predict along the probability-flow ODE), ``N`` (number of
+    time points; default ``sde.N``; discrete predictors need ``N == sde.N``), ``denoise``.
+    """
+
+    options = {**Sampler.options, "predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
+               "n_steps": 1, "probability_flow": False, "N": None}
+
+    def check_options(self) -> None:
+        if self.N is None:
+            self.N = self.sde.N
+        if isinstance(self.N, bool) or not isinstance(self.N, int) or self.N < 1:
+            raise ValueError(f"N must be a positive integer (number of time steps), got {self.N!r}")
+        if not isinstance(self.probability_flow, bool):
+            raise ValueError(f"probability_flow must be True or False, got {self.probability_flow!r}")
+        for option, names in (("predictor", list_predictors()), ("corrector", list_correctors())):
+            if getattr(self, option) not in names:
+                raise ValueError(f"unknown {option} {getattr(self, option)!r}; available: {', '.join(names)}")
+        self.predictor_step = get_predictor(self.predictor)(self.sde, self.probability_flow)
+        self.corrector_step = get_corrector(self.corrector)(self.sde, self.snr, self.n_steps)
+        needs_levels = self.predictor_step.discrete and not isinstance(self.predictor_step, NonePredictor)
+        if needs_levels and self.N != self.sde.N:
+            raise ValueError(f"predictor {self.predictor!r} steps through the SDE's own N={self.sde.N} levels, "
+                             f"so N must equal sde.N; got N={self.N} (build the SDE with N={self.N} instead)")
+
+    def time_grid(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(times, next_times)``, each ``[N, B]`` on ``x``'s device and dtype: row ``k`` is step ``k``."""
+        if self.predictor_step.discrete:
+            grid = torch.linspace(self.sde.T, 0.0, self.N, dtype=torch.float64)
+            grid = torch.cat([grid, grid.new_zeros(1)])
+        else:
+            grid = torch.linspace(self.sde.T, self.eps, self.N + 1, dtype=torch.float64)
+        grid = grid.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
+        return grid[:-1], grid[1:]
+
+    def _sample(self, score_fn, x, *, generator, progress):
+        times, next_times = self.time_grid(x)
+        if self.predictor_step.discrete:
+            score_fn = _ScoreAtLeast(score_fn, self.eps)
+        predict = None if isinstance(self.predictor_step, NonePredictor) else self.predictor_step.update
+        correct = None if isinstance(self.corrector_step, NoneCorrector) else self.corrector_step.update
+        x_mean = x
+        for k in _progress(range(self.N), progress, type(self).__name__):
+            t = times[k]
+            if correct is not None:
+                x, x_mean = correct(score_fn, x, t, generator)
+            if predict is not None:
+                x, x_mean = predict(score_fn, x, t, next_times[k], generator)
+        return x_mean if self.denoise else x
+
+
+@register_sampler("ancestral")
+class AncestralSampler(PCSampler):
+    """Ancestral sampling through the SDE's levels ``i = N-1, ..., 0``: DDPM (Ho et al. 2020, Alg. 2; eq. 47)
+    for ``VPSDE``, SMLD for ``VESDE``, and for other SDEs (subVP) the DDPM rule applied to ``sde.discretize``
+    (see :class:`~scoresde.sampling.predictors.AncestralSamplingPredictor`). Options: ``denoise``."""
+
+    options = dict(Sampler.options)
+
+    def check_options(self) -> None:
+        self.predictor, self.corrector, self.probability_flow = "ancestral_sampling", "none", False
+        self.snr, self.n_steps, self.N = PCSampler.options["snr"], 1, self.sde.N
+        super().check_options()
+
+
+__all__ = ["PCSampler", "AncestralSampler"]

@@ -1,0 +1,112 @@
+"""Sampling by the reverse-time SDE (Song et al. 2021, eq. 6) with ``torchsde.sdeint``.
+
+torchsde integrates forward in time only, so we substitute ``s = T - t``: ``y(s) = x(T - s)`` solves
+
+    ``dy = -[f(y, T - s) - g(T - s)^2 s(y, T - s)] ds + g(T - s) dB_s``,   ``s`` from 0 to ``T - eps``,
+
+with ``B`` a standard Brownian motion in ``s`` (the reverse-time Brownian motion of eq. 6). The state is the
+batch flattened to ``[B, D]`` with diagonal noise. The noise ``g`` depends on time only (additive noise), so the
+Ito and Stratonovich forms coincide and every torchsde method applies. The Brownian motion is a
+``torchsde.BrownianInterval`` seeded from ``generator``, so the same generator state gives the same samples.
+``denoise`` finishes with Tweedie's formula at ``eps``.
+"""
+import math
+from typing import Optional
+
+import torch
+import torchsde
+
+from ..sde_lib import SDE
+from .base import ScoreFn, Sampler, register_sampler, tweedie_denoise
+from .ode import check_tolerances
+
+Tensor = torch.Tensor
+
+#: torchsde method -> the SDE type it is written for (either is right here: the noise is additive)
+TORCHSDE_METHODS = {"euler": "ito", "milstein": "ito", "srk": "ito", "midpoint": "stratonovich",
+                    "heun": "stratonovich", "euler_heun": "stratonovich", "reversible_heun": "stratonovich"}
+
+
+class _TimeReversedSDE(torch.nn.Module):
+    """The reverse-time SDE in forward time ``s = T - t`` on the flat state ``[B, D]``, in torchsde's interface."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, shape, sde_type: str):
+        super().__init__()
+        self.reverse = sde.reverse(score_fn)
+        self.forward_sde = sde
+        self.T = sde.T
+        self.shape = tuple(shape)
+        self.sde_type = sde_type
+        self._memo = None  # (s, y, drift): torchsde's contract check evaluates f(t0, y0) before the first step
+
+    def _time(self, s: Tensor) -> Tensor:
+        return (self.T - s).reshape(1).expand(self.shape[0])
+
+    def f(self, s: Tensor, y: Tensor) -> Tensor:
+        if self._memo is not None and self._memo[1] is y and torch.equal(self._memo[0], s):
+            return self._memo[2]
+        drift, _ = self.reverse.sde(y.view(self.shape), self._time(s))
+        out = -drift.reshape(y.shape)
+        self._memo = (s.clone(), y, out)
+        return out
+
+    def g(self, s: Tensor, y: Tensor) -> Tensor:
+        _, diffusion = self.forward_sde.sde(y.view(self.shape), self._time(s))
+        return diffusion[:, None].expand(y.shape)
+
+
+@register_sampler("sde")
+class SDESampler(Sampler):
+    """Reverse-time SDE sampler through ``torchsde.sdeint``. Options: ``method`` (euler, milstein, srk, midpoint,
+    heun, euler_heun, reversible_heun), ``dt`` (fixed step, or the initial one if adaptive; default
+    ``(T - eps) / sde.N``), ``adaptive``, ``rtol``, ``atol`` (positive; used when adaptive), ``denoise``."""
+
+    options = {**Sampler.options, "method": "euler", "dt": None, "adaptive": False, "rtol": 1e-5, "atol": 1e-4}
+
+    def check_options(self) -> None:
+        if self.method not in TORCHSDE_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(TORCHSDE_METHODS)}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
+        check_tolerances(rtol=self.rtol, atol=self.atol)
+        if self.dt is None:
+            self.dt = (self.sde.T - self.eps) / self.sde.N
+        check_tolerances(dt=self.dt)
+        if self.dt > self.sde.T - self.eps:
+            raise ValueError(f"dt must be at most T - eps = {self.sde.T - self.eps}, got {self.dt}")
+
+    def step_size(self) -> float:
+        """Fixed steps: ``n = ceil((T - eps) / dt)`` equal steps. torchsde adds ``dt`` up to ``T - eps`` and would
+        take one more sliver of a step for a rounding error, so the step is made a hair longer; the last one is
+        clipped to end exactly on ``T - eps``. Adaptive: ``dt`` is the first step tried."""
+        if self.adaptive:
+            return self.dt
+        span = self.sde.T - self.eps
+        n = math.ceil(span / self.dt - 1e-9)
+        return span / n * (1.0 + 1e-10)
+
+    def brownian_motion(self, y: Tensor, generator: Optional[torch.Generator]) -> torchsde.BrownianInterval:
+        """A Brownian motion on ``[0, T - eps]`` shaped like ``y``, its entropy drawn from ``generator``."""
+        seed = int(torch.randint(2 ** 62, (), generator=generator, device=generator.device if generator else "cpu"))
+        levy_area = "space-time" if self.method == "srk" else "none"
+        return torchsde.BrownianInterval(t0=0.0, t1=self.sde.T - self.eps, size=y.shape, dtype=y.dtype,
+                                         device=y.device, entropy=seed, levy_area_approximation=levy_area)
+
+    def _sample(self, score_fn, x, *, generator, progress):
+        y0 = x.reshape(x.shape[0], -1)
+        reverse = _TimeReversedSDE(self.sde, score_fn, x.shape, TORCHSDE_METHODS[self.method])
+        # float64 times: accumulating dt in float32 would add a last sliver of a step
+        ts = torch.tensor([0.0, self.sde.T - self.eps], dtype=torch.float64, device=x.device)
+        options = {"grad_free": True} if self.method == "milstein" else None
+        ys = torchsde.sdeint(reverse, y0, ts, bm=self.brownian_motion(y0, generator), method=self.method,
+                             dt=self.step_size(), adaptive=self.adaptive, rtol=self.rtol, atol=self.atol, options=options)
+        x = ys[-1].view(x.shape)
+        if self.denoise:
+            eps = torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
+            x = tweedie_denoise(self.sde, score_fn, x, eps)
+        return x
+
+
+__all__ = ["SDESampler", "TORCHSDE_METHODS"]

@@ -65,7 +65,6 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     training = config.training
     training.mixed_precision = "no"      # 'no', 'bf16' or 'fp16' (torch.autocast; fp16 with a GradScaler)
     training.snapshot_num_samples = 64   # samples in the grid PNG written every snapshot_freq
-    training.max_seconds = 0.0           # > 0: stop (with a checkpoint) after this much wall time
 
     config.optim.beta2 = 0.999
 
@@ -76,6 +75,12 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         if paper not in sampling:
             sampling[paper] = default
     sampling.options = sampler_options()
+    # --mode sample: how many samples, from which numbered checkpoint (0 = the newest state), where
+    sampling.num_samples = 64
+    sampling.batch_size = 64
+    sampling.ckpt = 0
+    sampling.use_ema = True
+    sampling.folder = "samples"
     link_paper_sampling_fields(sampling)
 
     evaluate = config.eval
@@ -95,3 +100,24 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if "device" not in config:
         config.device = ""  # '' = CUDA when available, else CPU; or 'cpu', 'cuda', 'cuda:1'
     return config
+
+
+def ddpmpp_model(**changes) -> dict:
+    """``config.model`` fields of DDPM++ continuous (the paper's ``vp/cifar10_ddpmpp_continuous``), with
+    ``changes`` applied; use as ``config.model.update(ddpmpp_model(nf=64))``."""
+    model = dict(name="ncsnpp", scale_by_sigma=False, ema_rate=0.9999, normalization="GroupNorm",
+                 nonlinearity="swish", nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+                 resamp_with_conv=True, conditional=True, fir=False, fir_kernel=[1, 3, 3, 1], skip_rescale=True,
+                 resblock_type="biggan", progressive="none", progressive_input="none", progressive_combine="sum",
+                 attention_type="ddpm", init_scale=0.0, embedding_type="positional", fourier_scale=16, conv_size=3)
+    model.update(changes)
+    return model
+
+
+def ncsnpp_model(**changes) -> dict:
+    """``config.model`` fields of NCSN++ continuous (the paper's ``ve/cifar10_ncsnpp_continuous``): DDPM++
+    with FIR resampling, a residual input pyramid, Fourier features and the output divided by sigma."""
+    model = ddpmpp_model(scale_by_sigma=True, ema_rate=0.999, fir=True, progressive_input="residual",
+                         embedding_type="fourier")
+    model.update(changes)
+    return model

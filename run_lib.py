@@ -1,0 +1,590 @@
+"""Training, evaluation and sampling driven by an ml-collections config (the paper's ``run_lib``).
+
+``main.py`` calls :func:`train`, :func:`evaluate` or :func:`sample`; all three start from
+:func:`setup`, which checks the config and builds the SDE, network, EMA and optimizer.
+
+Reproducibility: every random draw of training step ``k`` (data order, flips and dequantisation,
+the loss's times and noise, dropout) comes from seeds derived from ``(config.seed, rank, k)``, so a
+run resumed from a checkpoint at step ``k`` repeats the uninterrupted run exactly (on CPU).
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+
+import scoresde.models.mlp  # noqa: F401  (registers the "mlp" network)
+from scoresde import checkpoint, datasets, distributed, likelihood, losses, sde_lib
+from scoresde.datasets.loader import step_seed
+from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn
+from scoresde.models.mlp import sample_shape
+from scoresde.sampling import get_sampler
+from scoresde.sampling.base import SAMPLERS
+
+log = logging.getLogger("scoresde")
+
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+METRICS = ("fid", "is", "kid")
+# streams of derived seeds, so that no two uses of one (seed, rank, step) share random numbers
+_GLOBAL, _LOSS, _SAMPLES, _EVAL_LOSS, _BPD = 1, 2, 3, 4, 5
+
+
+# ----------------------------------------------------------------------------- config checks
+
+def _fail(path: str, value, why: str) -> ValueError:
+    return ValueError(f"config.{path} = {value!r}: {why}")
+
+
+def check_config(config) -> None:
+    """Refuse inconsistent configs before any work, naming the field (unknown fields are already
+    refused by ml-collections when overridden)."""
+    sde_name = config.training.sde
+    if str(sde_name).lower() not in sde_lib.SDES:
+        raise _fail("training.sde", sde_name, f"unknown SDE; available: {', '.join(sde_lib.SDES)}")
+    if not config.training.continuous and sde_name.lower() == "subvpsde":
+        raise _fail("training.continuous", False, "the sub-VP SDE has no discrete loss (DDPM is VP, SMLD is VE); "
+                    "set training.continuous=True")
+    if config.sampling.sampler not in SAMPLERS:
+        raise _fail("sampling.sampler", config.sampling.sampler, f"unknown sampler; available: {', '.join(SAMPLERS.list())}")
+    if config.training.mixed_precision not in MIXED_PRECISION:
+        raise _fail("training.mixed_precision", config.training.mixed_precision, f"must be one of {list(MIXED_PRECISION)}")
+    for path in ("training.batch_size", "training.n_iters", "training.snapshot_freq", "training.log_freq",
+                 "training.eval_freq", "training.snapshot_freq_for_preemption", "eval.batch_size",
+                 "eval.bpd_num_repeats", "sampling.num_samples", "sampling.batch_size"):
+        value = config
+        for part in path.split("."):
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(path, value, "must be a positive integer")
+    if not 0.0 <= config.model.ema_rate <= 1.0:
+        raise _fail("model.ema_rate", config.model.ema_rate, "must be in [0, 1]")
+    if config.optim.optimizer not in ("Adam", "AdamW"):
+        raise _fail("optim.optimizer", config.optim.optimizer, "must be 'Adam' or 'AdamW'")
+    unknown = sorted(set(config.eval.metrics) - set(METRICS))
+    if unknown:
+        raise _fail("eval.metrics", tuple(config.eval.metrics), f"unknown {unknown}; available: {list(METRICS)}")
+    if config.eval.enable_bpd and config.data.dataset == "TOY":
+        raise _fail("eval.enable_bpd", True, "bits/dim is defined for 8-bit images, not the 2-D toys")
+    if config.data.dataset not in datasets.DATASETS:
+        raise _fail("data.dataset", config.data.dataset, f"unknown; available: {', '.join(datasets.DATASETS.list())}")
+
+
+def get_sde(config) -> sde_lib.SDE:
+    """The forward SDE named by ``config.training.sde`` with the paper's ``config.model`` parameters."""
+    name, model = config.training.sde.lower(), config.model
+    if name == "vesde":
+        return sde_lib.VESDE(sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales)
+    return sde_lib.get_sde(name, beta_min=model.beta_min, beta_max=model.beta_max, N=model.num_scales)
+
+
+def sampler_from_config(config, sde: sde_lib.SDE, batch_size: int, device: torch.device):
+    """``get_sampler(config.sampling.sampler, **config.sampling.options[sampler])`` for ``batch_size``
+    samples; options left unset (``None``) take the sampler's own default."""
+    name = config.sampling.sampler
+    options = config.sampling.options.get(name)
+    kwargs = {k: v for k, v in (options.to_dict() if options is not None else {}).items() if v is not None}
+    try:
+        return get_sampler(name, sde=sde, shape=(batch_size, *sample_shape(config)), device=device, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"config.sampling.options.{name}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- set-up shared by all modes
+
+@dataclasses.dataclass
+class Run:
+    """Everything a mode needs, built once from the config by :func:`setup`."""
+    config: Any
+    workdir: str
+    dist: distributed.DistInfo
+    sde: sde_lib.SDE
+    model: torch.nn.Module            # the network itself (rank-local; EMA and checkpoints use it)
+    ema: ExponentialMovingAverage
+    optimizer: torch.optim.Optimizer
+    grad_scaler: torch.amp.GradScaler
+    scaler: Callable                   # data [0, 1] -> model range
+    inverse_scaler: Callable
+    checkpoints: checkpoint.CheckpointDir
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "grad_scaler": self.grad_scaler.state_dict(),
+                "seed": self.config.seed, "config": self.config.to_json_best_effort()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])  # strict: a mismatch is an error, never ignored
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.step = int(state["step"])
+
+    def score_fn(self, train: bool = False):
+        return get_score_fn(self.sde, self.model, continuous=self.config.training.continuous, train=train)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    import random
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def setup(config, workdir: str) -> Run:
+    """Check the config, join the process group, seed, and build the SDE, network (identical on every
+    rank), EMA, optimizer and the checkpoint directory of ``workdir``."""
+    check_config(config)
+    info = distributed.init(config.device or None)
+    seed_everything(config.seed)
+    sde = get_sde(config)
+    model = create_model(config).to(info.device)
+    optim = config.optim
+    optimizer_cls = torch.optim.AdamW if optim.optimizer == "AdamW" else torch.optim.Adam
+    optimizer = optimizer_cls(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
+                              eps=optim.eps, weight_decay=optim.weight_decay)
+    ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+    grad_scaler = torch.amp.GradScaler(info.device.type, enabled=config.training.mixed_precision == "fp16")
+    if config.training.mixed_precision == "fp16" and info.device.type != "cuda":
+        raise _fail("training.mixed_precision", "fp16", "fp16 autocast needs a GPU; use 'bf16' on CPU")
+    sampler_from_config(config, sde, 1, info.device)  # fail early on bad sampler options
+    return Run(config=config, workdir=workdir, dist=info, sde=sde, model=model, ema=ema, optimizer=optimizer,
+               grad_scaler=grad_scaler, scaler=datasets.get_data_scaler(config),
+               inverse_scaler=datasets.get_data_inverse_scaler(config),
+               checkpoints=checkpoint.CheckpointDir(workdir))
+
+
+def restore_newest(run: Run) -> bool:
+    """Load the newest checkpoint of the run's workdir, if there is one."""
+    state = run.checkpoints.load_newest(map_location=run.device)
+    if state is None:
+        return False
+    run.load_state_dict(state)
+    return True
+
+
+def load_for_inference(run: Run, path: str, use_ema: bool = True) -> int:
+    """Load the network (with the EMA weights when ``use_ema``) from ``path``; returns its step."""
+    state = checkpoint.load(path, map_location=run.device)
+    run.load_state_dict(state)
+    if use_ema:
+        run.ema.copy_to(run.model.parameters())
+    run.model.eval()
+    return run.step
+
+
+def _generator(device: torch.device, *keys: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(step_seed(*keys))
+
+
+def _autocast(run: Run):
+    dtype = MIXED_PRECISION[run.config.training.mixed_precision]
+    return torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def make_loss_fn(run: Run, train: bool):
+    t = run.config.training
+    # the loss's own eps (1e-5, the paper's) for every SDE; sampling stops at the SDE's default_eps
+    return losses.get_loss_fn(run.sde, train=train, continuous=t.continuous, reduce_mean=t.reduce_mean,
+                              likelihood_weighting=t.likelihood_weighting)
+
+
+def _class_labels(run: Run, labels: torch.Tensor) -> Optional[torch.Tensor]:
+    return labels if run.config.model.get("num_classes") else None
+
+
+# ----------------------------------------------------------------------------- images out
+
+def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
+    """Images in ``[0, 1]`` ``[B, C, H, W]`` -> ``uint8 [B, H, W, C]`` (the paper's ``.npz`` layout)."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_image_grid(images: np.ndarray, path: str, padding: int = 2) -> None:
+    """Write ``uint8 [B, H, W, C]`` images as one PNG grid of ``ceil(sqrt(B))`` columns."""
+    b, h, w, c = images.shape
+    ncol = int(math.ceil(math.sqrt(b)))
+    nrow = int(math.ceil(b / ncol))
+    grid = np.zeros((nrow * (h + padding) + padding, ncol * (w + padding) + padding, c), dtype=np.uint8)
+    for i in range(b):
+        r, q = divmod(i, ncol)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[y:y + h, x:x + w] = images[i]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+
+
+def save_points_png(points: np.ndarray, path: str, size: int = 256, extent: float = 4.0) -> None:
+    """Scatter plot of 2-D points ``[B, 2]`` in ``[-extent, extent]^2`` as a PNG."""
+    canvas = np.full((size, size), 255, dtype=np.uint8)
+    ij = np.floor((points[:, :2] + extent) / (2 * extent) * size).astype(int)
+    keep = ((ij >= 0) & (ij < size)).all(axis=1)
+    canvas[size - 1 - ij[keep, 1], ij[keep, 0]] = 0
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(canvas).save(path)
+
+
+def save_samples(x: torch.Tensor, stem: str) -> str:
+    """Write samples (in data range ``[0, 1]``, or 2-D points) as ``<stem>.npz`` and ``<stem>.png``."""
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    if x.dim() == 4:
+        images = to_uint8_nhwc(x)
+        np.savez_compressed(stem + ".npz", samples=images)
+        save_image_grid(images[:256], stem + ".png")
+    else:
+        points = x.reshape(x.shape[0], -1).cpu().numpy()
+        np.savez_compressed(stem + ".npz", samples=points)
+        save_points_png(points, stem + ".png")
+    return stem + ".png"
+
+
+def draw_samples(run: Run, num: int, batch_size: int, seed_keys: Tuple[int, ...],
+                 progress: bool = False) -> Tuple[torch.Tensor, int]:
+    """``num`` samples (data range, on CPU) from the run's network as it is now, with the configured
+    sampler, ``batch_size`` at a time; returns them and the total number of score evaluations."""
+    sampler = sampler_from_config(run.config, run.sde, batch_size, run.device)
+    score_fn = run.score_fn(train=False)
+    out, nfe = [], 0
+    for i in range(math.ceil(num / batch_size)):
+        with _autocast(run):
+            x, n = sampler(score_fn, generator=_generator(run.device, *seed_keys, i), progress=progress)
+        out.append(run.inverse_scaler(x.float()).cpu())
+        nfe += n
+    return torch.cat(out)[:num], nfe
+
+
+# ----------------------------------------------------------------------------- training
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def train_step(run: Run, model: torch.nn.Module, loss_fn, batch, step: int) -> torch.Tensor:
+    """Update number ``step + 1``: loss, backward, ``losses.optimization_step`` (warm-up, clipping, Adam),
+    EMA. Raises :class:`NonFiniteLoss` (before any update) on a NaN/inf loss."""
+    config, optimizer = run.config, run.optimizer
+    x, labels = batch
+    x = run.scaler(x.to(run.device, non_blocking=True))
+    torch.manual_seed(step_seed(config.seed, run.dist.rank, step, _GLOBAL))  # dropout
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(run):
+        loss = loss_fn(model, x, generator=_generator(run.device, config.seed, run.dist.rank, step, _LOSS),
+                       class_labels=_class_labels(run, labels.to(run.device)))
+    finite = distributed.mean_over_ranks(torch.isfinite(loss.detach()).float(), run.dist)
+    if finite.item() < 1:
+        raise NonFiniteLoss(f"the training loss is {loss.item()} at step {step + 1}; stopping. The last good "
+                            f"checkpoint is {run.checkpoints.newest()}. Lower optim.lr, raise optim.warmup or "
+                            f"check the data (is it scaled as data.centered says?).")
+    run.grad_scaler.scale(loss).backward()
+    losses.optimization_step(optimizer, run.model.parameters(), step + 1, lr=config.optim.lr,
+                             warmup=config.optim.warmup, grad_clip=config.optim.grad_clip,
+                             grad_scaler=run.grad_scaler)
+    run.ema.update(run.model.parameters())
+    return loss.detach()
+
+
+class TrainLog:
+    """Console progress bar, ``<workdir>/train_log.jsonl`` and TensorBoard scalars (rank 0 only)."""
+
+    def __init__(self, run: Run):
+        from tqdm import tqdm
+        self.enabled = run.dist.is_main
+        self.bar = tqdm(total=run.config.training.n_iters, initial=run.step, disable=not self.enabled,
+                        dynamic_ncols=True, desc="train")
+        self.writer = self.jsonl = None
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(run.workdir, "tensorboard"))
+            self.jsonl = open(os.path.join(run.workdir, "train_log.jsonl"), "a")
+        self.images_per_step = run.config.training.batch_size
+        self.last_time, self.last_step = time.time(), run.step
+
+    def scalars(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+
+    def progress(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        rate = (step - self.last_step) * self.images_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.4g}", img_per_s=f"{rate:.1f}")
+        self.scalars(step, loss=loss, images_per_second=rate)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+
+
+def save_training_state(run: Run, numbered: bool) -> None:
+    """Meta checkpoint (always) and, when ``numbered``, ``checkpoint_<step // snapshot_freq>.pth``."""
+    if not run.dist.is_main:
+        return
+    state = run.state_dict()
+    if numbered:
+        run.checkpoints.save_numbered(run.step // run.config.training.snapshot_freq, state)
+    run.checkpoints.save_meta(state)
+
+
+def snapshot_samples(run: Run) -> Optional[str]:
+    """The grid PNG of samples with the EMA weights, ``<workdir>/samples/iter_<step>.png`` (rank 0)."""
+    config = run.config
+    if not (run.dist.is_main and config.training.snapshot_sampling):
+        return None
+    num = config.training.snapshot_num_samples
+    with losses.ema_weights(run.ema, run.model):
+        x, _ = draw_samples(run, num, num, (config.seed, run.step, _SAMPLES))
+    return save_samples(x, os.path.join(run.workdir, "samples", f"iter_{run.step}"))
+
+
+def train(config, workdir: str) -> List[float]:
+    """Train from the newest checkpoint of ``workdir`` (or from scratch) to ``training.n_iters`` steps.
+    Returns this process's per-step training losses (for tests and the benchmark)."""
+    run = setup(config, workdir)
+    if run.dist.is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    resumed = restore_newest(run)
+    log.info("%s at step %d; seed %d; %d parameters; world size %d; device %s",
+             "resuming" if resumed else "starting", run.step, config.seed,
+             sum(p.numel() for p in run.model.parameters()), run.dist.world_size, run.device)
+    t = config.training
+    train_data, eval_data = datasets.get_data_iterators(
+        config, rank=run.dist.rank, world_size=run.dist.world_size, start_step=run.step,
+        eval_start_step=run.step // t.eval_freq)
+    train_iter, eval_iter = iter(train_data), iter(eval_data)
+    model = run.model
+    if run.dist.enabled:
+        model = DistributedDataParallel(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    train_loss, eval_loss = make_loss_fn(run, train=True), make_loss_fn(run, train=False)
+    logger = TrainLog(run)
+    history = []
+    try:
+        while run.step < t.n_iters:
+            loss = train_step(run, model, train_loss, next(train_iter), run.step)
+            run.step += 1
+            history.append(loss.item())
+            if run.step % t.log_freq == 0 or run.step == t.n_iters:
+                logger.progress(run.step, distributed.mean_over_ranks(loss, run.dist).item())
+            if run.step % t.eval_freq == 0:
+                x, labels = next(eval_iter)
+                with torch.no_grad(), _autocast(run):
+                    value = eval_loss(run.model, run.scaler(x.to(run.device)),
+                                      generator=_generator(run.device, config.seed, run.dist.rank, run.step, _EVAL_LOSS),
+                                      class_labels=_class_labels(run, labels.to(run.device)))
+                logger.scalars(run.step, eval_loss=distributed.mean_over_ranks(value.float(), run.dist).item())
+            # numbered checkpoints only at multiples of snapshot_freq (n = step // snapshot_freq, never
+            # overwritten); the final state of a run always goes to the meta checkpoint
+            snapshot = run.step % t.snapshot_freq == 0
+            if snapshot or run.step % t.snapshot_freq_for_preemption == 0 or run.step == t.n_iters:
+                save_training_state(run, numbered=snapshot)
+            if snapshot:
+                grid = snapshot_samples(run)
+                if grid:
+                    log.info("step %d: samples in %s", run.step, grid)
+            if snapshot:
+                distributed.barrier(run.dist)
+    finally:
+        logger.close()
+        distributed.cleanup(run.dist)
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+class EvalResults:
+    """``<workdir>/<eval_folder>/ckpt_<n>.json``, rewritten atomically after every finished part, so a
+    re-run skips what is done."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.data: Dict[str, Any] = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.data = json.load(f)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _test_batches(run: Run, raw: bool = False) -> Iterable:
+    return datasets.get_dataloader(run.config, "test", infinite=False, shuffle=False, raw=raw)
+
+
+def eval_loss(run: Run) -> Dict[str, float]:
+    """The loss of the (EMA) network over the whole test split."""
+    loss_fn = make_loss_fn(run, train=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i, (x, labels) in enumerate(_test_batches(run)):
+            with _autocast(run):
+                value = loss_fn(run.model, run.scaler(x.to(run.device)),
+                                generator=_generator(run.device, run.config.seed, i, _EVAL_LOSS),
+                                class_labels=_class_labels(run, labels.to(run.device)))
+            total += value.item() * x.shape[0]
+            count += x.shape[0]
+    return {"loss": total / count, "num_examples": count}
+
+
+def eval_bpd(run: Run) -> Dict[str, Any]:
+    """Bits/dim of the test split under the probability-flow ODE, with uniform dequantisation
+    ``u = (x + U) / 256`` of the 8-bit data, averaged over ``eval.bpd_num_repeats`` draws of ``U``;
+    the offset ``8 - log2(a)`` (``a`` the data scaler's slope, 7 for centred data) turns the density of
+    the scaled data into bits of the 8-bit data (see ``scoresde.likelihood.bpd_offset``)."""
+    e = run.config.eval
+    offset = likelihood.bpd_offset(run.scaler)
+    likelihood_fn = likelihood.get_likelihood_fn(run.sde, rtol=e.bpd_rtol, atol=e.bpd_atol,
+                                                 eps=run.sde.default_eps, offset=offset)
+    score_fn = run.score_fn(train=False)
+    limit = e.bpd_num_images or None
+    per_repeat, nfe = [], 0
+    for repeat in range(e.bpd_num_repeats):
+        values, seen = [], 0
+        for i, (counts, _) in enumerate(_test_batches(run, raw=True)):
+            if limit is not None and seen >= limit:
+                break
+            counts = counts[: None if limit is None else limit - seen].to(run.device)
+            generator = _generator(run.device, run.config.seed, repeat, i, _BPD)
+            u = likelihood.uniform_dequantize(counts, generator)
+            bpd, _, n = likelihood_fn(score_fn, run.scaler(u), generator=generator)
+            values.append(bpd.cpu())
+            seen += counts.shape[0]
+            nfe += n
+        per_repeat.append(float(torch.cat(values).mean()))
+        log.info("bits/dim repeat %d: %.4f", repeat, per_repeat[-1])
+    return {"bpd": float(np.mean(per_repeat)), "per_repeat": per_repeat, "num_images": seen,
+            "offset": offset, "nfe": nfe}
+
+
+def eval_samples(run: Run, n: int, folder: str) -> Tuple[Dict[str, Any], torch.Tensor]:
+    e = run.config.eval
+    x, nfe = draw_samples(run, e.num_samples, e.batch_size, (run.config.seed, n, _SAMPLES))
+    stem = os.path.join(folder, f"ckpt_{n}_samples")
+    if e.save_samples:
+        save_samples(x, stem)
+    return {"num_samples": int(x.shape[0]), "nfe": nfe, "sampler": run.config.sampling.sampler,
+            "path": stem + ".npz" if e.save_samples else None}, x
+
+
+def eval_metrics(run: Run, x: torch.Tensor) -> Dict[str, Any]:
+    """FID / IS / KID of the samples against the training set's Inception statistics (cached in the
+    workdir, or ``eval.dataset_stats``). A metric that cannot be computed (no weights, no logits) is
+    ``None`` with its reason under ``unavailable``, unless ``eval.require_metrics``."""
+    from scoresde import metrics
+    e, config = run.config, run.config
+    wanted = list(e.eval.metrics)
+    try:
+        extractor = metrics.InceptionFeatureExtractor(weights=e.eval.inception_weights or None, device=run.device)
+        stats = e.eval.dataset_stats or metrics.dataset_stats_path(
+            run.workdir, config.data.dataset, "train", config.data.image_size, extractor.resize)
+        if not e.eval.dataset_stats:
+            train_images = (counts for counts, _ in datasets.get_dataloader(
+                config, "train", infinite=False, shuffle=False, raw=True))
+            stats = metrics.load_or_compute_dataset_stats(
+                stats, train_images, {"dataset": config.data.dataset, "split": "train",
+                                      "resolution": config.data.image_size}, extractor)
+        result = metrics.evaluate_samples(x, stats, extractor, seed=config.seed)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        if e.eval.require_metrics:
+            raise
+        reason = f"{type(err).__name__}: {err}"
+        log.warning("sample-quality metrics unavailable: %s", reason)
+        return {"unavailable": {m: reason for m in wanted}}
+    names = {"fid": ["fid"], "kid": ["kid", "kid_std"], "is": ["inception_score", "inception_score_std"]}
+    out = {k: result[k] for m in wanted for k in names[m]}
+    out["num_samples"] = result["num_samples"]
+    metric_of = {"fid": "fid", "kid": "kid", "inception_score": "is"}
+    out["unavailable"] = {k: v for k, v in result["unavailable"].items() if metric_of.get(k, k) in wanted}
+    if e.eval.require_metrics and out["unavailable"]:
+        raise ValueError(f"eval.require_metrics is set but unavailable: {out['unavailable']}")
+    return out
+
+
+def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
+    """For each numbered checkpoint in ``[eval.begin_ckpt, eval.end_ckpt]``: eval loss, bits/dim,
+    samples (``.npz`` + PNG) and FID/IS/KID, as enabled; results in ``<workdir>/<eval_folder>/ckpt_<n>.json``.
+    Parts already in that file are skipped. Runs on rank 0 (other ranks return at once)."""
+    run = setup(config, workdir)
+    if not run.dist.is_main:
+        return {}
+    e = config.eval
+    folder = os.path.join(workdir, eval_folder or e.eval_folder)
+    out = {}
+    for n in range(e.begin_ckpt, e.end_ckpt + 1):
+        path = run.checkpoints.numbered_path(n)
+        if not os.path.isfile(path):
+            log.warning("checkpoint %s does not exist; skipped", path)
+            continue
+        results = EvalResults(os.path.join(folder, f"ckpt_{n}.json"))
+        todo = [part for part, on in (("loss", e.enable_loss), ("bpd", e.enable_bpd),
+                                      ("samples", e.enable_sampling),
+                                      ("metrics", e.enable_sampling and bool(e.metrics))) if on and part not in results]
+        if not todo:
+            log.info("checkpoint %d: already evaluated (%s)", n, results.path)
+            out[n] = results.data
+            continue
+        step = load_for_inference(run, path, use_ema=True)
+        results.put("step", step)
+        if "loss" in todo:
+            results.put("loss", eval_loss(run))
+        if "bpd" in todo:
+            results.put("bpd", eval_bpd(run))
+        if "samples" in todo or "metrics" in todo:
+            info, x = eval_samples(run, n, folder)
+            results.put("samples", info)
+            if "metrics" in todo and x.dim() == 4:
+                results.put("metrics", eval_metrics(run, x))
+        log.info("checkpoint %d: %s", n, json.dumps(results.data))
+        out[n] = results.data
+    return out
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def sample(config, workdir: str) -> str:
+    """``sampling.num_samples`` samples from checkpoint ``sampling.ckpt`` (0: the newest state) with
+    the configured sampler, as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem."""
+    run = setup(config, workdir)
+    s = config.sampling
+    path = run.checkpoints.newest() if s.ckpt == 0 else run.checkpoints.numbered_path(s.ckpt)
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint to sample from in {run.checkpoints.numbered_dir} "
+                                f"(sampling.ckpt = {s.ckpt}); train first")
+    step = load_for_inference(run, path, use_ema=s.use_ema)
+    x, nfe = draw_samples(run, s.num_samples, s.batch_size, (config.seed, step, _SAMPLES), progress=True)
+    stem = os.path.join(workdir, s.folder, f"step_{step}_{s.sampler}_seed{config.seed}")
+    if run.dist.is_main:
+        save_samples(x, stem)
+        log.info("%d samples from %s (step %d) with %s, %d score evaluations: %s.npz / .png",
+                 x.shape[0], path, step, s.sampler, nfe, stem)
+    return stem

@@ -7,30 +7,35 @@ updates below are written in ``(alpha, sigma, lambda)`` only, so VP, subVP and V
 
 Registered samplers (``get_sampler(name, sde=..., shape=..., nfe=..., schedule=...)``):
 
-=================  ==========================================================  ===================
-name               method                                                      min. nfe (+denoise)
-=================  ==========================================================  ===================
-``ddim``           DDIM (Song et al. 2021a, eq. 12), ``eta`` > 0 is stochastic  1
-``euler``          Euler on the EDM ODE (Karras et al. 2022, Alg. 2, churn)    1
-``heun``           Heun on the EDM ODE (Karras et al. 2022, Alg. 2, churn)     2
-``dpmpp_2m``       DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2)                  2
-``dpmpp_3m``       DPM-Solver++(3M), third-order multistep, data prediction    3
-``dpmpp_2m_sde``   SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. / midpoint)      2
-``unipc``          UniPC, B(h) bh1/bh2, order 1-3 (Zhao et al. 2023, Alg. 2-3)  order
-=================  ==========================================================  ===================
+=================  ===========================================================  ====================
+name               method (own options)                                         least nfe (+denoise)
+=================  ===========================================================  ====================
+``ddim``           DDIM (Song et al. 2021a, eq. 12); ``eta`` (0: deterministic)  1
+``euler``          Euler on the EDM ODE (Karras et al. 2022, Alg. 2);           1
+                   churn ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``
+``heun``           Heun on the EDM ODE (Karras et al. 2022, Alg. 1/2), churn     2
+``dpmpp_2m``       DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2);                   2
+                   ``lower_order_final``
+``dpmpp_3m``       DPM-Solver++(3M), third order; ``lower_order_final``          3
+``dpmpp_2m_sde``   SDE-DPM-Solver++(2M) (Lu et al. 2022b), stochastic            2
+``unipc``          UniPC (Zhao et al. 2023); ``order`` 1-3 (default 3),          ``order``
+                   ``variant`` ``bh1``/``bh2`` (default), ``lower_order_final``
+=================  ===========================================================  ====================
 
 Options common to all: ``nfe`` (the budget of score calls, the final denoising call included; default 20),
-``schedule`` (a name of :mod:`.schedules` or a list of times from ``T`` to ``eps``; with a list the
-budget follows from its length), ``rho`` (of the ``edm`` schedule), ``denoise`` (finish with
-``x0(x_eps, eps)``, which is also the EDM's last Euler step to sigma = 0; costs one call).
-The solvers choose their steps so that the calls made equal ``nfe`` exactly.
+``schedule`` (a name of :mod:`.schedules`, default ``logsnr``, or a list of times from ``T`` to ``eps``;
+with a list the budget follows from its length), ``rho`` (of the ``edm`` schedule, default 7),
+``denoise`` (finish with ``x0(x_eps, eps)``, which is also the EDM's last Euler step to sigma = 0; it
+costs one call), ``dtype``/``device`` of the prior draw. The solvers choose their steps so that the
+calls made equal ``nfe`` exactly: one call per step, Heun two (an odd budget makes its last step Euler's).
+DDIM with ``eta = 0`` and ``euler`` are the same method (Karras et al. 2022, Sec. 3), kept under both names.
 """
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
-from .base import Sampler, ScoreFn, randn_like, register_sampler
+from .base import Sampler, ScoreFn, randn_like, register_sampler, tweedie_denoise
 from .schedules import check_schedule, get_timesteps
 
 Tensor = torch.Tensor
@@ -73,7 +78,7 @@ class DataPrediction:
 
     def __call__(self, x: Tensor, p: Point) -> Tensor:
         t = torch.full((x.shape[0],), p.t, device=x.device, dtype=x.dtype)
-        return (x + p.sigma ** 2 * self.score_fn(x, t)) / p.alpha
+        return tweedie_denoise(self.sde, self.score_fn, x, t)
 
 
 class FastSampler(Sampler):
@@ -183,7 +188,8 @@ class EDMEulerSampler(FastSampler):
     ``d x_hat / d sigma_hat = (x_hat - x0(x, t)) / sigma_hat``, ``x_hat' = x_hat + (sigma_next - sigma) d``.
 
     Optional churn (Alg. 2, lines 4-6): for ``s_tmin <= sigma_hat <= s_tmax`` raise the noise level by
-    ``gamma = min(s_churn / n_steps, sqrt(2) - 1)`` adding fresh noise ``sqrt(sigma'^2 - sigma^2) s_noise z``.
+    ``gamma = min(s_churn / n_steps, sqrt(2) - 1)`` adding fresh noise ``sqrt(sigma'^2 - sigma^2) s_noise z``;
+    the raised level is capped at ``sigma_hat(T)`` so that the score is never asked for beyond ``T``.
     """
 
     options = {**FastSampler.options, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
@@ -198,12 +204,13 @@ class EDMEulerSampler(FastSampler):
         """How many of the steps (the first ones) take the Heun correction."""
         return 0
 
-    def _churn(self, data, x_hat, s: Point, generator) -> Tuple[Tensor, Point]:
+    def _churn(self, data, x_hat, s: Point, lam_T: float, generator) -> Tuple[Tensor, Point]:
         gamma = min(self.s_churn / self.n_steps, math.sqrt(2.0) - 1.0) \
             if self.s_tmin <= s.sigma_hat <= self.s_tmax else 0.0
-        if gamma == 0:
+        lam_up = max(s.lam - math.log1p(gamma), lam_T)  # never above sigma(T): the score is not asked beyond T
+        if lam_up >= s.lam:
             return x_hat, s
-        s_up = data.point_at_log_snr(s.lam - math.log1p(gamma))
+        s_up = data.point_at_log_snr(lam_up)
         noise = math.sqrt(s_up.sigma_hat ** 2 - s.sigma_hat ** 2) * self.s_noise
         return x_hat + noise * randn_like(x_hat, generator), s_up
 
@@ -217,7 +224,7 @@ class EDMEulerSampler(FastSampler):
         n_heun = self.heun_steps()
         for i in self._range(len(points) - 1, progress):
             s, t = points[i], points[i + 1]
-            x_hat, s = self._churn(data, x_hat, s, generator)
+            x_hat, s = self._churn(data, x_hat, s, points[0].lam, generator)
             d = self._slope(data, x_hat, s)
             x_next = x_hat + (t.sigma_hat - s.sigma_hat) * d
             if i < n_heun:  # Alg. 2, line 10: the trapezoidal correction
@@ -279,7 +286,9 @@ def _dpmpp_update(x: Tensor, s: Point, t: Point, history: List[Tuple[Point, Tens
       ``r0 = h_0 / h``;
     - k = 3 (3M): the exact integral of the quadratic through ``m0, m1, m2`` in ``lambda``:
       ``x_t = sigma_t/sigma_s x_s - alpha_t phi_1 m0 + alpha_t phi_2 D1 - alpha_t phi_3 D2`` with
-      ``D1 ~ h x0'`` and ``D2 ~ h^2 x0''``.
+      ``D1 = h x0' + O(h^3)`` and ``D2 = h^2 x0'' + O(h^3)`` from the divided differences. (The code of
+      DPM-Solver and k-diffusion uses half this ``D2``, which leaves their 3M second order asymptotically;
+      ``tests/test_fast_solvers.py`` asserts third order for this one.)
     """
     h = t.lam - s.lam
     phi_1 = math.expm1(-h)

@@ -3,7 +3,7 @@
 Three problems, every deterministic solver x schedule, NFE in {5, 10, 20, 50} (``--quick``: {10, 20}):
 
 (a) isotropic Gaussian data N(0, 0.5^2 I) in the EDM/VE parameterisation, sigma from 80 to 0.002
-    (``VESDE(sigma_min=0.002, sigma_max=80)``, T = 1 -> eps = 1e-5 there is sigma 80 -> 0.002 * 1.0001);
+    (``VESDE(sigma_min=0.002, sigma_max=80)`` from T = 1 to eps = 1e-9, i.e. sigma 80 -> 0.002 (1 + 1e-8));
     truth: the exact map ``analytic.Gaussian.flow_map``;
 (b) a diagonal Gaussian, per-dimension std 0.05..0.5 (and a mean in [-0.5, 0.5]) under ``VPSDE()``,
     T = 1 -> eps = 1e-3; truth: the exact map;
@@ -51,19 +51,19 @@ def probability_flow_reference(sde, score_fn, x: torch.Tensor, t0: float, t1: fl
 
 
 def problems():
-    """``name -> (sde, score_fn, x_T, reference(eps))``, float64."""
+    """``name -> (sde, eps, score_fn, x_T, reference(eps))``, float64."""
     gen = torch.Generator().manual_seed(0)
     out = {}
 
     ve = sde_lib.VESDE(sigma_min=0.002, sigma_max=80.0)
     iso = analytic.Gaussian.diagonal(torch.zeros(64), torch.full((64,), 0.5))
     x = ve.prior_sampling((BATCH, 64), generator=gen, dtype=torch.float64)
-    out["(a) VE isotropic"] = (ve, iso.score_fn(ve), x, lambda eps, x=x: iso.flow_map(ve, x, ve.T, eps))
+    out["(a) VE isotropic"] = (ve, 1e-9, iso.score_fn(ve), x, lambda eps, x=x: iso.flow_map(ve, x, ve.T, eps))
 
     vp = sde_lib.VPSDE()
     diag = analytic.Gaussian.diagonal(torch.linspace(-0.5, 0.5, 64), torch.linspace(0.05, 0.5, 64))
     x = vp.prior_sampling((BATCH, 64), generator=gen, dtype=torch.float64)
-    out["(b) VP diagonal"] = (vp, diag.score_fn(vp), x, lambda eps, x=x: diag.flow_map(vp, x, vp.T, eps))
+    out["(b) VP diagonal"] = (vp, vp.default_eps, diag.score_fn(vp), x, lambda eps, x=x: diag.flow_map(vp, x, vp.T, eps))
 
     mix = analytic.GaussianMixture([0.4, 0.3, 0.2, 0.1],
                                    torch.tensor([[-1.0, -1.0], [1.0, -0.5], [0.0, 1.0], [1.2, 1.2]]),
@@ -76,7 +76,7 @@ def problems():
             cache[eps] = probability_flow_reference(vp, mix.score_fn(vp), x, vp.T, eps)
         return cache[eps]
 
-    out["(c) VP mixture"] = (vp, mix.score_fn(vp), x, mixture_reference)
+    out["(c) VP mixture"] = (vp, vp.default_eps, mix.score_fn(vp), x, mixture_reference)
     return out
 
 
@@ -96,11 +96,11 @@ def main(argv=None):
     probs = problems()
 
     errors = {}  # (problem, solver label, schedule, nfe) -> error
-    for pname, (sde, score_fn, x, reference) in probs.items():
+    for pname, (sde, eps, score_fn, x, reference) in probs.items():
         for name, extra in SOLVERS:
             for schedule in SCHEDULES:
                 for nfe in nfes:
-                    sampler = get_sampler(name, sde=sde, shape=x.shape, nfe=nfe, schedule=schedule,
+                    sampler = get_sampler(name, sde=sde, shape=x.shape, eps=eps, nfe=nfe, schedule=schedule,
                                           denoise=False, dtype=torch.float64, **extra)
                     y, used = sampler(score_fn, x_init=x)
                     assert used == nfe, (name, nfe, used)

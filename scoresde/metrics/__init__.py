@@ -7,7 +7,7 @@ Typical use (images uint8 ``[N, H, W, C]`` 0..255, or float ``[N, C, H, W]`` 0..
                                                             "resolution": 32}, extractor)
     evaluate_samples(samples, ref, extractor)  # {"fid": ..., "kid": ..., "inception_score": ..., ...}
 """
-from .evaluate import evaluate_samples
+from .evaluate import evaluate_features, evaluate_samples
 from .extractor import InceptionFeatureExtractor, InceptionFeatures
 from .inception import FIDInceptionV3, preprocess, tf_bilinear_resize
 from .scores import frechet_distance, inception_score, kernel_inception_distance
@@ -18,7 +18,7 @@ from .weights import download_weights, resolve_weights
 __all__ = [
     "FIDInceptionV3", "FeatureStatistics", "InceptionFeatureExtractor", "InceptionFeatures",
     "StatisticsAccumulator", "compute_statistics", "dataset_stats_path", "download_weights",
-    "evaluate_samples", "frechet_distance", "inception_score", "kernel_inception_distance",
+    "evaluate_features", "evaluate_samples", "frechet_distance", "inception_score", "kernel_inception_distance",
     "load_or_compute_dataset_stats", "load_statistics", "preprocess", "resolve_weights",
     "save_statistics", "tf_bilinear_resize",
 ]

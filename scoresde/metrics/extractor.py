@@ -74,11 +74,12 @@ class InceptionFeatureExtractor:
         device: torch device (default CPU).
         resize: ``"tf"`` (the graph's own resize and scaling; default) or ``"pytorch-fid"``.
         download: allow downloading the weights into the cache when no local file is found.
-        network: use this ``FIDInceptionV3`` instead of loading weights (e.g. random weights in tests).
+        network: use this module instead of loading weights (e.g. random weights in tests); it must
+            have ``has_logits`` and map preprocessed ``[B, 3, 299, 299]`` to ``(pool, logits or None)``.
     """
 
     def __init__(self, weights: Optional[Union[str, Path]] = None, device=None, resize: str = "tf",
-                 download: bool = True, network: Optional[FIDInceptionV3] = None):
+                 download: bool = True, network: Optional[torch.nn.Module] = None):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.device = torch.device(device if device is not None else "cpu")

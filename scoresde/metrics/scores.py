@@ -1,18 +1,49 @@
-"""FID, KID and Inception Score from Inception features, in float64 numpy."""
+"""FID, KID and Inception Score from Inception features, in float64 (numpy; torch for the linear algebra)."""
 from typing import Optional, Tuple
 
 import numpy as np
+import torch
+
+
+def _cholesky_with_jitter(s: torch.Tensor) -> Optional[torch.Tensor]:
+    """Lower Cholesky factor of the PSD matrix ``s``; for a singular ``s`` (e.g. fewer samples than
+    dimensions) of ``s + delta I`` with ``delta`` at round-off level, grown tenfold until it succeeds."""
+    d = s.shape[0]
+    delta = d * torch.finfo(s.dtype).eps * float(s.diagonal().abs().max().clamp_min(1e-300))
+    for k in range(8):
+        jitter = 0.0 if k == 0 else delta * 10 ** (k - 1)
+        factor, info = torch.linalg.cholesky_ex(s + jitter * torch.eye(d, dtype=s.dtype))
+        if int(info) == 0:
+            return factor
+    return None
+
+
+def trace_sqrt_product(sigma1, sigma2) -> float:
+    """``tr((sigma1 sigma2)^{1/2})`` for symmetric PSD ``sigma1``, ``sigma2`` ``[D, D]``, in float64.
+
+    With ``sigma1 = L L^T`` (Cholesky), ``sigma1 sigma2`` is similar to the symmetric PSD
+    ``M = L^T sigma2 L``, so the trace is ``sum_i sqrt(lambda_i(M))``: no complex square root, no
+    ``sqrtm``. Eigenvalues of ``M`` below its round-off level (``D eps lambda_max``) are taken as 0.
+    """
+    s1 = torch.as_tensor(np.asarray(sigma1, np.float64))
+    s2 = torch.as_tensor(np.asarray(sigma2, np.float64))
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    factor = _cholesky_with_jitter(s1)
+    if factor is None:
+        raise ValueError("covariance is not positive semi-definite (Cholesky failed even with jitter); "
+                         "it holds NaN/inf or is not a covariance")
+    ev = torch.linalg.eigvalsh(factor.T @ s2 @ factor)
+    tol = s1.shape[0] * torch.finfo(ev.dtype).eps * float(ev.abs().max())
+    return float(torch.where(ev > tol, ev, torch.zeros_like(ev)).sqrt().sum())
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2):
 
-        d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2}).
+        d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2}),
 
-    ``tr((sigma1 sigma2)^{1/2})`` is computed in eigenvalue form: ``sigma1 sigma2`` is similar to the
-    symmetric PSD ``M = sigma1^{1/2} sigma2 sigma1^{1/2}``, so it equals ``sum_i sqrt(lambda_i(M))``.
-    This needs no complex arithmetic and no eps offset for singular covariances (e.g. fewer samples
-    than dimensions), and agrees with ``scipy.linalg.sqrtm`` where that one is well-conditioned.
+    in float64, the last term in the eigenvalue form of ``trace_sqrt_product`` (the same value as
+    ``scipy.linalg.sqrtm`` where that is well-conditioned, and stable for singular covariances).
     Shapes: ``mu [D]``, ``sigma [D, D]``.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -21,13 +52,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(f"expected mu [D] and sigma [D, D] of one D, got mu1 {mu1.shape}, sigma1 {s1.shape}, "
                          f"mu2 {mu2.shape}, sigma2 {s2.shape}")
-    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
-    w, v = np.linalg.eigh(s1)
-    sqrt_s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = sqrt_s1 @ s2 @ sqrt_s1
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2))
 
 
 def polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:

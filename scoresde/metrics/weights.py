@@ -227,7 +227,10 @@ def load_inception_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str]:
     if _is_torchscript(path):
         if path.name == FID_HELPER_FILENAME:
             verify_checksum(path, FID_HELPER_SHA1, "sha1")
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.13 marks torch.jit.load deprecated; it is the only reader of TorchScript archives
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         return convert_torchscript_state_dict(module.state_dict()), "torchscript"
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):

@@ -63,7 +63,8 @@ def problems():
     vp = sde_lib.VPSDE()
     diag = analytic.Gaussian.diagonal(torch.linspace(-0.5, 0.5, 64), torch.linspace(0.05, 0.5, 64))
     x = vp.prior_sampling((BATCH, 64), generator=gen, dtype=torch.float64)
-    out["(b) VP diagonal"] = (vp, vp.default_eps, diag.score_fn(vp), x, lambda eps, x=x: diag.flow_map(vp, x, vp.T, eps))
+    out["(b) VP diagonal"] = (vp, vp.default_eps, diag.score_fn(vp), x,
+                              lambda eps, x=x: diag.flow_map(vp, x, vp.T, eps))
 
     mix = analytic.GaussianMixture([0.4, 0.3, 0.2, 0.1],
                                    torch.tensor([[-1.0, -1.0], [1.0, -0.5], [0.0, 1.0], [1.2, 1.2]]),

@@ -17,6 +17,15 @@ MIN_NFE = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3, "dpmp
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE(), "ve": sde_lib.VESDE()}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tensors here are small: one intra-op thread is faster than several on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rel_error(x, ref):
     return float(torch.linalg.vector_norm(x - ref) / torch.linalg.vector_norm(ref))
 
@@ -144,11 +153,13 @@ MIXTURE = analytic.GaussianMixture([0.2, 0.5, 0.3], torch.tensor([[-2.0, 0.0], [
                                    torch.tensor([0.3, 0.3, 0.3]))
 
 
-@pytest.mark.parametrize("sde_name", SDES)
-@pytest.mark.parametrize("name,options,nfe", [(n, {}, 20) for n in ALL] + [s + (50,) for s in STOCHASTIC[:3]])
+@pytest.mark.parametrize("sde_name,name,options,nfe",
+                         [(sde, n, {}, 20) for sde in SDES for n in ALL]
+                         + [(sde, *s, 50) for sde, s in zip(SDES, STOCHASTIC[:3])])
 def test_samples_the_mixture_with_the_right_mode_weights(sde_name, name, options, nfe):
-    """At 20 NFE for the ODE solvers and SDE-DPM-Solver++(2M); the first-order stochastic ones (DDIM eta = 1,
-    Euler/Heun with churn) are still 0.03-0.04 off at 20 NFE on subVP, so they are held to it at 50."""
+    """At 20 NFE for the ODE solvers and SDE-DPM-Solver++(2M) on every SDE; the first-order stochastic ones
+    (DDIM eta = 1, Euler/Heun with churn) are still 0.03-0.04 off at 20 NFE on subVP, so they are held to it
+    at 50 NFE, one SDE each (DDIM on VP, Euler on subVP, Heun on VE) to keep the suite short."""
     sde = SDES[sde_name]
     n = 4000
     sampler = get_sampler(name, sde=sde, shape=(n, 2), nfe=nfe, **options)
@@ -225,3 +236,77 @@ def test_dpmpp_2m_uses_the_previous_data_prediction():
     h, r = lam[2] - lam[1], (lam[1] - lam[0]) / (lam[2] - lam[1])
     expected = sig[2] / sig[1] * x1 - torch.expm1(-h) * ((1 + 1 / (2 * r)) * m1 - 1 / (2 * r) * m0)
     assert torch.allclose(y, expected)
+
+
+def test_unipc_corrector_reuses_the_call_at_the_predicted_point():
+    """UniPC order 1 (Zhao et al. 2023, Alg. 2 with B(h) = e^{-h} - 1, bh2) over two steps, written out:
+    predictor = DDIM, ``m1 = x0(x1_pred)``, corrector ``x1 = x_lin - alpha B(h) (m1 - m0) / 2``, then the last
+    step predicts from the corrected point with ``m1``; two score calls in all."""
+    sde = SDES["vp"]
+    times = [1.0, 0.4, 0.05]
+    score = ISOTROPIC_3.score_fn(sde)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y, nfe = get_sampler("unipc", sde=sde, shape=(4, 3), eps=0.05, schedule=times, order=1, denoise=False,
+                         dtype=torch.float64)(score, x_init=x)
+    t = torch.tensor(times, dtype=torch.float64)
+    alpha, sigma = (v.tolist() for v in sde.marginal_coeffs(t))
+    lam = sde.log_snr(t).tolist()
+    x0 = lambda z, i: (z + sigma[i] ** 2 * score(z, t[i].repeat(4))) / alpha[i]  # noqa: E731
+    m0 = x0(x, 0)
+    b1 = math.expm1(-(lam[1] - lam[0]))
+    x_lin = sigma[1] / sigma[0] * x - alpha[1] * b1 * m0
+    m1 = x0(x_lin, 1)
+    x1 = x_lin - alpha[1] * b1 * 0.5 * (m1 - m0)
+    expected = sigma[2] / sigma[1] * x1 - alpha[2] * math.expm1(-(lam[2] - lam[1])) * m1
+    assert nfe == 2
+    assert torch.allclose(y, expected)
+
+
+def test_progress_bar_runs():
+    sampler = get_sampler("dpmpp_2m", sde=SDES["vp"], shape=(2, 2), nfe=4)
+    assert sampler(lambda x, t: -x, progress=True)[1] == 4
+
+
+def test_dpmpp_2m_sde_step_matches_its_formula():
+    """SDE-DPM-Solver++(2M), midpoint form: ``x_t = sigma_t/sigma_s e^{-h} x + alpha_t (1 - e^{-2h}) (m1 + D/2)
+    + sigma_t sqrt(1 - e^{-2h}) z`` with ``D = (m1 - m0) h / h_prev``; the noise comes from the generator."""
+    sde = SDES["subvp"]
+    times = [1.0, 0.5, 0.1]
+    score = ISOTROPIC_3.score_fn(sde)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y, _ = get_sampler("dpmpp_2m_sde", sde=sde, shape=(4, 3), eps=0.1, schedule=times, denoise=False,
+                       lower_order_final=False, dtype=torch.float64)(
+        score, x_init=x, generator=torch.Generator().manual_seed(3))
+    noise = torch.Generator().manual_seed(3)
+    t = torch.tensor(times, dtype=torch.float64)
+    alpha, sigma = (v.tolist() for v in sde.marginal_coeffs(t))
+    lam = sde.log_snr(t).tolist()
+    x0 = lambda z, i: (z + sigma[i] ** 2 * score(z, t[i].repeat(4))) / alpha[i]  # noqa: E731
+
+    def step(z, i, m):
+        h = lam[i + 1] - lam[i]
+        return (sigma[i + 1] / sigma[i] * math.exp(-h) * z - alpha[i + 1] * math.expm1(-2 * h) * m
+                + sigma[i + 1] * math.sqrt(-math.expm1(-2 * h))
+                * torch.randn(4, 3, generator=noise, dtype=torch.float64))
+
+    m0 = x0(x, 0)
+    x1 = step(x, 0, m0)
+    m1 = x0(x1, 1)
+    expected = step(x1, 1, m1 + 0.5 * (m1 - m0) * (lam[2] - lam[1]) / (lam[1] - lam[0]))
+    assert torch.allclose(y, expected)
+
+
+def test_heun_step_is_karras_algorithm_1_on_the_ve_sde():
+    """On VE (alpha = 1, sigma_hat = sigma) one Heun step is Alg. 1 of Karras et al. (2022), lines 4-8."""
+    sde = SDES["ve"]
+    score = ISOTROPIC_3.score_fn(sde)
+    x = sde.prior_sampling((4, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y, nfe = get_sampler("heun", sde=sde, shape=(4, 3), eps=0.5, schedule=[1.0, 0.5], denoise=False,
+                         dtype=torch.float64)(score, x_init=x)
+    t = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    s0, s1 = sde.marginal_coeffs(t)[1].tolist()
+    D = lambda z, i, s: z + s ** 2 * score(z, t[i].repeat(4))  # noqa: E731
+    d = (x - D(x, 0, s0)) / s0
+    x_euler = x + (s1 - s0) * d
+    expected = x + (s1 - s0) * 0.5 * (d + (x_euler - D(x_euler, 1, s1)) / s1)
+    assert nfe == 2 and torch.allclose(y, expected)

@@ -85,7 +85,8 @@ def test_given_times():
 
 def test_bad_names_and_arguments():
     sde = SDES["vp"]
-    with pytest.raises(ValueError, match=r"unknown schedule 'cosine'; available: edm, karras, logsnr, quadratic, uniform"):
+    names = "edm, karras, logsnr, quadratic, uniform"
+    with pytest.raises(ValueError, match=rf"unknown schedule 'cosine'; available: {names}"):
         get_timesteps("cosine", sde, 10, 1e-3)
     with pytest.raises(ValueError, match="number of steps"):
         get_timesteps("logsnr", sde, 0, 1e-3)

@@ -254,7 +254,7 @@ def tf_bilinear_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
         if key not in _MATRIX_CACHE:
             _MATRIX_CACHE[key] = _tf_bilinear_matrix(n_in, size, x.device, x.dtype)
         mats.append(_MATRIX_CACHE[key])
-    return torch.einsum("oh,bchw,pw->bcop", mats[0], x, mats[1])
+    return mats[0] @ x @ mats[1].T  # batched over [B, C]
 
 
 def preprocess(x: torch.Tensor, resize: str = "tf") -> torch.Tensor:

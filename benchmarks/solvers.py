@@ -93,6 +93,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="NFE 10 and 20 only")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # small tensors: extra intra-op threads only cost time on a shared machine
     nfes = [10, 20] if args.quick else [5, 10, 20, 50]
     probs = problems()
 

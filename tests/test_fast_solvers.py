@@ -155,11 +155,11 @@ MIXTURE = analytic.GaussianMixture([0.2, 0.5, 0.3], torch.tensor([[-2.0, 0.0], [
 
 @pytest.mark.parametrize("sde_name,name,options,nfe",
                          [(sde, n, {}, 20) for sde in SDES for n in ALL]
-                         + [(sde, *s, 50) for sde, s in zip(SDES, STOCHASTIC[:3])])
+                         + [(sde, *s, 50) for sde in SDES for s in STOCHASTIC[:3]])
 def test_samples_the_mixture_with_the_right_mode_weights(sde_name, name, options, nfe):
     """At 20 NFE for the ODE solvers and SDE-DPM-Solver++(2M) on every SDE; the first-order stochastic ones
     (DDIM eta = 1, Euler/Heun with churn) are still 0.03-0.04 off at 20 NFE on subVP, so they are held to it
-    at 50 NFE, one SDE each (DDIM on VP, Euler on subVP, Heun on VE) to keep the suite short."""
+    at 50 NFE."""
     sde = SDES[sde_name]
     n = 4000
     sampler = get_sampler(name, sde=sde, shape=(n, 2), nfe=nfe, **options)

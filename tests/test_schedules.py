@@ -1,6 +1,7 @@
 """Time-step schedules and the SDEs' inverse of the log-SNR."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,8 +80,10 @@ def test_given_times():
     for bad in ([1.0, 0.5, 0.7, 1e-3], [1.0], [1.0, -0.1], [1.0, float("nan"), 1e-3]):
         with pytest.raises(ValueError, match="strictly decreasing"):
             check_schedule(bad)
-    with pytest.raises(TypeError, match="schedule must be a name"):
-        check_schedule(3)
+    assert torch.equal(get_timesteps(np.array(times), sde, 3, 1e-3), torch.tensor(times, dtype=torch.float64))
+    for bad in (3, {"a": 1}, torch.ones(2, 2), [[1.0, 0.5]], "1.0 0.5"):
+        with pytest.raises((TypeError, ValueError), match="schedule"):
+            check_schedule(bad)
 
 
 def test_bad_names_and_arguments():

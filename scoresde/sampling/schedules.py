@@ -78,13 +78,14 @@ def check_schedule(schedule: Union[str, Sequence[float]], name: str = "schedule"
     if isinstance(schedule, str):
         SCHEDULES.get(schedule)
         return
-    if torch.is_tensor(schedule):
-        times = schedule.detach().to(torch.float64).reshape(-1).tolist()
-    elif isinstance(schedule, (list, tuple)):
-        times = [float(v) for v in schedule]
-    else:
-        raise TypeError(f"{name} must be a name ({', '.join(list_schedules())}) or a sequence of times, "
+    try:  # a list, tuple, tensor or array of numbers
+        times = torch.as_tensor(schedule, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        times = None
+    if times is None or times.dim() != 1:
+        raise TypeError(f"{name} must be a name ({', '.join(list_schedules())}) or a 1-D sequence of times, "
                         f"got {type(schedule).__name__}")
+    times = times.tolist()
     if len(times) < 2 or not all(math.isfinite(v) and v > 0 for v in times) or \
             any(b >= a for a, b in zip(times, times[1:])):
         raise ValueError(f"{name} given as times must hold at least 2 finite, positive, strictly decreasing "
@@ -107,7 +108,7 @@ def get_timesteps(schedule: Union[str, Sequence[float]], sde: SDE, n: int, eps: 
             raise ValueError(f"rho must be positive, got {rho}")
         t = SCHEDULES.get(schedule)(sde, n, eps, rho)
     else:
-        t = torch.as_tensor(schedule, dtype=torch.float64).reshape(-1).clone()
+        t = torch.as_tensor(schedule, dtype=torch.float64).reshape(-1).cpu().clone()
         if t.numel() != n + 1:
             raise ValueError(f"schedule holds {t.numel()} times, that is {t.numel() - 1} steps, not {n}")
         if not (math.isclose(float(t[0]), sde.T, rel_tol=1e-6) and math.isclose(float(t[-1]), eps, rel_tol=1e-6)):

@@ -77,8 +77,14 @@ class DataPrediction:
         return self.point(float(self.sde.t_from_log_snr(torch.tensor([float(lam)], dtype=torch.float64))))
 
     def __call__(self, x: Tensor, p: Point) -> Tensor:
+        """The data prediction ``x0`` at ``x`` and time ``p.t`` (one score call)."""
         t = torch.full((x.shape[0],), p.t, device=x.device, dtype=x.dtype)
         return tweedie_denoise(self.sde, self.score_fn, x, t)
+
+    @staticmethod
+    def noise(x: Tensor, x0: Tensor, p: Point) -> Tensor:
+        """The noise prediction ``eps = (x - alpha x0) / sigma`` that goes with ``x0`` (no score call)."""
+        return (x - p.alpha * x0) / p.sigma
 
 
 class FastSampler(Sampler):
@@ -172,7 +178,7 @@ class DDIMSampler(FastSampler):
         for i in self._range(len(points) - 1, progress):
             s, t = points[i], points[i + 1]
             x0 = data(x, s)
-            eps_hat = (x - s.alpha * x0) / s.sigma
+            eps_hat = data.noise(x, x0, s)
             c = self.eta * t.sigma * math.sqrt(-math.expm1(-2.0 * (t.lam - s.lam)))
             x = t.alpha * x0 + math.sqrt(max(t.sigma ** 2 - c ** 2, 0.0)) * eps_hat
             if c > 0:

@@ -8,6 +8,7 @@ from .predictors import get_predictor, list_predictors, register_predictor
 from .correctors import get_corrector, list_correctors, register_corrector
 # each module below registers its samplers on import
 from . import pc, ode, sde
+from . import fast
 
 __all__ = ["CountingScore", "Sampler", "get_sampler", "list_samplers", "register_sampler", "tweedie_denoise",
            "get_predictor", "list_predictors", "register_predictor",

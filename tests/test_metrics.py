@@ -179,6 +179,13 @@ def test_random_inception_shapes():
     assert len(convs) == 94  # Inception-v3's conv + batch-norm layers, as in the TF graph
 
 
+def test_inference_mode_does_not_leak_out_of_the_feature_iterator(tiny_extractor):
+    it = tiny_extractor.iter_features([np.zeros((2, 8, 8, 3), np.uint8)] * 3)
+    next(it)
+    assert not torch.is_inference_mode_enabled()  # the generator is suspended mid-iteration
+    it.close()
+
+
 def test_extractor_image_conventions(tiny_extractor):
     rng = np.random.default_rng(7)
     nhwc = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
@@ -339,6 +346,13 @@ def test_stats_cache_round_trips_with_its_metadata(tiny_extractor, tmp_path):
     np.savez(pfid, mu=st.mu, sigma=st.sigma)
     plain = load_statistics(pfid)
     assert plain.features is None and plain.num_images is None
+    # a file of the paper's TF code holds all features under pool_3: statistics computed on load
+    paper = tmp_path / "paper_stats.npz"
+    feats = tiny_extractor.features(images).pool
+    np.savez(paper, pool_3=feats)
+    from_pool = load_statistics(paper)
+    np.testing.assert_allclose(from_pool.mu, st.mu, rtol=1e-6)
+    assert from_pool.num_images == 5 and from_pool.features.shape == feats.shape
     result = evaluate_samples(images, plain, tiny_extractor, is_splits=5)
     assert result["kid"] is None and "no features" in result["unavailable"]["kid"]
     assert result["fid"] == pytest.approx(0, abs=1e-8 * np.trace(st.sigma))

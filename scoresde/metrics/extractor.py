@@ -101,16 +101,18 @@ class InceptionFeatureExtractor:
     def has_logits(self) -> bool:
         return self.network.has_logits
 
-    def _batch(self, images: Images, layout: Optional[str]):
-        x = preprocess(to_float255_nchw(images, self.device, layout), self.resize)
-        pool, logits = self.network(x)
-        return pool.float().cpu().numpy(), None if logits is None else logits.float().cpu().numpy()
+    def _batch(self, images: Images, layout: Optional[str]) -> InceptionFeatures:
+        # inference mode per batch, never across a generator's yield (it would leak into the caller)
+        with torch.inference_mode():
+            x = preprocess(to_float255_nchw(images, self.device, layout), self.resize)
+            pool, logits = self.network(x)
+            return InceptionFeatures(pool.float().cpu().numpy(),
+                                     None if logits is None else logits.float().cpu().numpy())
 
     def iter_features(self, batches: Iterable[Images], layout: Optional[str] = None) -> Iterator[InceptionFeatures]:
         """Features of each batch of an iterable of image batches (e.g. a data loader)."""
-        with torch.inference_mode():
-            for batch in batches:
-                yield InceptionFeatures(*self._batch(batch, layout))
+        for batch in batches:
+            yield self._batch(batch, layout)
 
     def features(self, images: Images, batch_size: int = 50, layout: Optional[str] = None) -> InceptionFeatures:
         """Features of ``N`` images (see the module docstring for the convention), ``batch_size`` at a time."""

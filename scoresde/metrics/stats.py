@@ -102,16 +102,20 @@ def save_statistics(path, stats: FeatureStatistics) -> Path:
 
 
 def is_statistics_file(path) -> bool:
-    """Whether ``path`` is an ``.npz`` holding ``mu`` and ``sigma``."""
+    """Whether ``path`` is an ``.npz`` holding ``mu`` and ``sigma``, or ``pool_3`` features."""
     with np.load(path, allow_pickle=False) as data:
-        return "mu" in data.files and "sigma" in data.files
+        return ("mu" in data.files and "sigma" in data.files) or "pool_3" in data.files
 
 
 def load_statistics(path) -> FeatureStatistics:
-    """Read statistics written by ``save_statistics`` or any ``.npz`` with keys ``mu`` and ``sigma``."""
+    """Read statistics written by ``save_statistics``, any ``.npz`` with keys ``mu`` and ``sigma``
+    (pytorch-fid, ...), or one holding all features under ``pool_3`` (the paper's TF code's files)."""
     with np.load(path, allow_pickle=False) as data:
+        if ("mu" not in data.files or "sigma" not in data.files) and "pool_3" in data.files:
+            return compute_statistics(data["pool_3"], meta={"source": f"pool_3 features in {path}"})
         if "mu" not in data.files or "sigma" not in data.files:
-            raise ValueError(f"{path} is not a statistics file: it needs keys 'mu' and 'sigma', has {data.files}")
+            raise ValueError(f"{path} is not a statistics file: it needs keys 'mu' and 'sigma' (or "
+                             f"'pool_3'), has {data.files}")
         num = int(data["num_images"]) if "num_images" in data.files else -1
         return FeatureStatistics(
             mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64),

@@ -2,6 +2,7 @@
 TorchScript copy of the same weights, the weights lookup and download, the statistics cache, the CLI."""
 import json
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,9 @@ needs_fid_helper = pytest.mark.skipif(
 def test_network_with_fid_helper_weights_matches_its_torchscript_module():
     extractor = InceptionFeatureExtractor(weights=FID_HELPER)
     assert extractor.weights_source == "torchscript" and not extractor.has_logits
-    reference = torch.jit.load(str(FID_HELPER), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit.load
+        reference = torch.jit.load(str(FID_HELPER), map_location="cpu").eval()
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     ours = extractor.features(images, batch_size=1)
     # reference pipeline: TF resize by grid sampling, TF scaling (x - 128) / 128 = range [-1, 255/128 - 1]
@@ -299,13 +302,18 @@ def test_pytorch_fid_state_dict_loads_by_name(tmp_path):
     net = FIDInceptionV3()
     state = net.state_dict()
     state["Conv2d_1a_3x3.bn.num_batches_tracked"] = torch.tensor(0)  # dropped by name
-    path = tmp_path / weights.PT_INCEPTION_FILENAME
+    path = tmp_path / "my_inception.pth"
     torch.save(state, path)
     extractor = InceptionFeatureExtractor(weights=path)
     assert extractor.weights_source == "pytorch-fid" and extractor.has_logits
     assert torch.equal(extractor.network.fc.weight, net.fc.weight)
     with pytest.raises(ValueError, match="unrecognised keys"):
         weights.convert_torchscript_state_dict({"layers.bogus.weight": torch.zeros(1)})
+    # a file under the standard name must be the standard file
+    fake = tmp_path / weights.PT_INCEPTION_FILENAME
+    fake.write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        InceptionFeatureExtractor(weights=fake)
 
 
 # ----------------------------------------------------------------------------- statistics and their cache

@@ -219,7 +219,9 @@ def convert_torchscript_state_dict(ts_state: Dict[str, torch.Tensor]) -> Dict[st
 
 def load_inception_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str]:
     """Load weights from ``path`` into ``FIDInceptionV3`` names; returns ``(state_dict, source)`` with
-    ``source`` one of ``"pytorch-fid"`` (a plain state dict) or ``"torchscript"``.
+    ``source`` one of ``"pytorch-fid"`` (a plain state dict) or ``"torchscript"``. Files with the
+    standard names (``pt_inception-2015-12-05-6726825d.pth``, fid-helper's ``default_1.pt``) are
+    checked against their published checksums first.
 
     Keys that carry nothing for inference are dropped by name: ``*.num_batches_tracked`` and the
     auxiliary classifier ``AuxLogits.*``; everything else must match the network exactly."""
@@ -232,6 +234,8 @@ def load_inception_state_dict(path) -> Tuple[Dict[str, torch.Tensor], str]:
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
         return convert_torchscript_state_dict(module.state_dict()), "torchscript"
+    if path.name == PT_INCEPTION_FILENAME:
+        verify_checksum(path, PT_INCEPTION_SHA256, "sha256")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from scoresde.metrics import (FIDInceptionV3, InceptionFeatureExtractor, StatisticsAccumulator,
-                              compute_statistics, evaluate_features, evaluate_samples, frechet_distance, inception_score,
-                              kernel_inception_distance, load_or_compute_dataset_stats, load_statistics,
-                              preprocess, save_statistics, tf_bilinear_resize)
+                              compute_statistics, evaluate_features, evaluate_samples, frechet_distance,
+                              inception_score, kernel_inception_distance, load_or_compute_dataset_stats,
+                              load_statistics, preprocess, tf_bilinear_resize)
 from scoresde.metrics import cli, weights
 from scoresde.metrics.scores import polynomial_mmd2_unbiased
 
@@ -244,6 +244,8 @@ def test_inception_score_reported_unavailable_without_a_head(tiny_extractor):
     assert result["fid"] == pytest.approx(0, abs=1e-8 * np.trace(ref.sigma)) and result["kid"] is not None
     with_head = evaluate_samples(images, ref, tiny_extractor)
     assert 1 <= with_head["inception_score"] <= 10 and with_head["unavailable"] == {}
+    # the same from features gathered beforehand (as an evaluation loop sampling in rounds does)
+    assert evaluate_features(tiny_extractor.features(images, batch_size=5), ref) == with_head
 
 
 # ----------------------------------------------------------------------------- weights lookup and download

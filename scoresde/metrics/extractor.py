@@ -23,7 +23,8 @@ LAYOUTS = ("NHWC", "NCHW")
 
 @dataclass
 class InceptionFeatures:
-    """``pool``: ``[N, 2048]`` pool_3 features; ``logits``: ``[N, 1008]`` (``None`` without the head)."""
+    """``pool``: ``[N, 2048]`` pool_3 features (float32); ``logits``: ``[N, 1008]``, the head's output
+    with its bias (the TF graph's ``logits``), or ``None`` when the weights have no head."""
     pool: np.ndarray
     logits: Optional[np.ndarray]
 
@@ -50,6 +51,9 @@ def to_float255_nchw(images: Images, device, layout: Optional[str] = None) -> to
         raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
     if detect_layout(x.shape, layout) == "NHWC":
         x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]} ({layout} layout of shape "
+                         f"{tuple(images.shape)})")
     if x.dtype == torch.uint8:
         x = x.to(device=device, dtype=torch.float32)
     elif x.is_floating_point():

@@ -335,11 +335,11 @@ def test_accumulator_matches_numpy_over_batches():
 
 def test_stats_cache_round_trips_with_its_metadata(tiny_extractor, tmp_path):
     images = np.random.default_rng(9).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    meta = {"dataset": "toy", "split": "train", "resolution": 8}
+    meta = {"dataset": "toy", "split": "train", "resolution": (8, 8)}
     path = tmp_path / "stats" / "toy.npz"
     st = load_or_compute_dataset_stats(path, images, meta, tiny_extractor, batch_size=2)
     assert path.is_file()
-    assert st.meta == {**meta, "resize": "tf", "num_images": 5} and st.num_images == 5
+    assert st.meta == {**meta, "resolution": [8, 8], "resize": "tf", "num_images": 5} and st.num_images == 5
 
     def never():
         raise AssertionError("the cache must be used")

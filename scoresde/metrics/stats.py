@@ -143,7 +143,8 @@ def load_or_compute_dataset_stats(cache_path, images: Union[np.ndarray, torch.Te
     disagrees raises ``ValueError`` rather than silently mixing datasets.
     """
     cache_path = Path(cache_path)
-    meta = dict(meta, resize=extractor.resize)
+    # compare in the form the file stores (JSON): a tuple comes back as a list
+    meta = json.loads(json.dumps(dict(meta, resize=extractor.resize)))
     if cache_path.is_file():
         stats = load_statistics(cache_path)
         wrong = {k: (stats.meta.get(k), v) for k, v in meta.items() if stats.meta.get(k) != v}

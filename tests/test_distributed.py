@@ -1,0 +1,82 @@
+"""Two CPU processes (torchrun, Gloo) train a few steps with DistributedDataParallel: the ranks end
+with identical weights, only rank 0 writes, and each rank saw different data."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORKER = r'''
+import os, sys, json
+import torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, os.path.join({root!r}, "tests"))
+import run_lib
+from test_run_lib import tiny_config
+
+rank = int(os.environ["RANK"])
+config = tiny_config(**{{"training.n_iters": 3, "training.snapshot_freq": 3, "training.eval_freq": 100,
+                        "training.snapshot_sampling": False}})
+original_setup = run_lib.setup
+runs = []
+def setup(*args, **kwargs):
+    runs.append(original_setup(*args, **kwargs))
+    return runs[-1]
+run_lib.setup = setup
+history = run_lib.train(config, {workdir!r})
+torch.save({{"model": runs[0].model.state_dict(), "history": history}}, os.path.join({out!r}, f"rank{{rank}}.pt"))
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_keep_identical_weights(tmp_path):
+    pytest.importorskip("sklearn")
+    workdir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=ROOT, workdir=str(workdir), out=str(out)))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           f"--master_addr=127.0.0.1", f"--master_port={env['MASTER_PORT']}", str(script)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+    # each rank computed its loss on its own shard of the batch
+    assert ranks[0]["history"] != ranks[1]["history"]
+    # only rank 0 wrote: one checkpoint, one log
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["checkpoint_1.pth"]
+    assert (workdir / "train_log.jsonl").is_file()
+    state = torch.load(workdir / "checkpoints" / "checkpoint_1.pth", weights_only=False)
+    assert all(torch.equal(state["model"][k], v) for k, v in ranks[0]["model"].items())
+
+
+def test_init_without_torchrun_is_a_world_of_one(monkeypatch):
+    from scoresde import distributed
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = distributed.init("cpu")
+    assert (info.rank, info.world_size, info.is_main, info.enabled) == (0, 1, True, False)
+    assert info.device == torch.device("cpu")
+    value = torch.tensor(3.0)
+    assert distributed.mean_over_ranks(value, info) is value
+
+
+def test_bad_environment_is_refused(monkeypatch):
+    from scoresde import distributed
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="RANK=2"):
+        distributed.init("cpu")
+    monkeypatch.setenv("RANK", "zero")
+    with pytest.raises(ValueError, match="RANK"):
+        distributed.init("cpu")

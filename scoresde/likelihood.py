@@ -123,6 +123,9 @@ class LikelihoodFn:
             out = np.empty(n + B)
             torch.from_numpy(out[:n]).copy_(drift.reshape(n))
             torch.from_numpy(out[n:]).copy_(div)
+            if not math.isfinite(out.sum()):   # scipy's step control can loop forever on NaN
+                raise FloatingPointError(f"non-finite drift or divergence at t={t:.6g} after {counted.nfe} "
+                                         "score evaluations; check score_fn for NaN/inf")
             return out
 
         y0 = np.empty(n + B)

@@ -10,6 +10,7 @@ images ``[N, H, W, C]`` under the key ``samples`` or ``arr_0``, or a statistics 
 so it is skipped for statistics files that hold only ``mu`` and ``sigma``.
 """
 import argparse
+import sys
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -144,11 +145,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="feature rows kept in the file for KID")
     st.set_defaults(run=run_stats)
     args = parser.parse_args(argv)
-    return args.run(args)
+    return _report_errors(args.run, args)
 
 
 def fid_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``scoresde-fid`` console script: ``scoresde-fid PATH1 PATH2 [options]``."""
     parser = argparse.ArgumentParser(prog="scoresde-fid", description="FID (and KID) between two sets of images")
     _fid_arguments(parser)
-    return run_fid(parser.parse_args(argv))
+    return _report_errors(run_fid, parser.parse_args(argv))
+
+
+def _report_errors(run, args) -> int:
+    """Run a command; a user error (missing file, bad input) is one line on stderr and exit status 2."""
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2

@@ -211,8 +211,11 @@ def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_image_grid(images: np.ndarray, path: str, padding: int = 2) -> None:
-    """Write ``uint8 [B, H, W, C]`` images as one PNG grid of ``ceil(sqrt(B))`` columns."""
+def save_image_grid(images: np.ndarray, path: str, padding: int = 2, scale: int = 1) -> None:
+    """Write ``uint8 [B, H, W, C]`` images as one PNG grid of ``ceil(sqrt(B))`` columns, each image
+    enlarged ``scale`` times (nearest neighbour, so small images stay legible)."""
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     b, h, w, c = images.shape
     ncol = int(math.ceil(math.sqrt(b)))
     nrow = int(math.ceil(b / ncol))
@@ -241,7 +244,7 @@ def save_samples(x: torch.Tensor, stem: str) -> str:
     if x.dim() == 4:
         images = to_uint8_nhwc(x)
         np.savez_compressed(stem + ".npz", samples=images)
-        save_image_grid(images[:256], stem + ".png")
+        save_image_grid(images[:256], stem + ".png", scale=max(1, 64 // images.shape[1]))
     else:
         points = x.reshape(x.shape[0], -1).cpu().numpy()
         np.savez_compressed(stem + ".npz", samples=points)

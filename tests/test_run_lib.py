@@ -200,3 +200,38 @@ def test_toy_data_with_the_mlp(tmp_path):
     config.model.nf = 16
     assert len(run_lib.train(config, str(tmp_path))) == 4
     assert os.path.isfile(tmp_path / "samples" / "iter_4.png")
+
+
+class FakeExtractor:
+    """Stands in for the Inception network (too slow here): 'features' are a fixed random projection
+    of the pixels; everything after it (statistics cache, FID, KID, JSON) is the real code."""
+    resize = "tf"
+    logits_unavailable_reason = "fake extractor: no logits"
+
+    def __init__(self, weights=None, device=None):
+        self.projection = torch.randn(256, 16, generator=torch.Generator().manual_seed(0)).double()
+
+    def _pool(self, images):
+        x = torch.as_tensor(images).double().reshape(len(images), -1)[:, :256]
+        return (x / 255.0 if x.max() > 1 else x) @ self.projection
+
+    def iter_features(self, batches, layout=None):
+        from scoresde.metrics import InceptionFeatures
+        for batch in batches:
+            yield InceptionFeatures(self._pool(batch).numpy(), None)
+
+    def features(self, images, batch_size=50, layout=None):
+        from scoresde.metrics import InceptionFeatures
+        return InceptionFeatures(self._pool(images).numpy(), None)
+
+
+def test_metrics_are_wired_into_evaluation(trained, monkeypatch):
+    from scoresde import metrics
+    workdir, _ = trained
+    monkeypatch.setattr(metrics, "InceptionFeatureExtractor", FakeExtractor)
+    config = tiny_config(**{"eval.metrics": ("fid", "kid", "is"), "eval.enable_loss": False,
+                            "eval.enable_bpd": False, "eval.begin_ckpt": 2})
+    result = run_lib.evaluate(config, workdir, eval_folder="eval_fake_metrics")[2]["metrics"]
+    assert result["fid"] > 0 and result["kid"] is not None and result["num_samples"] == 4
+    assert result["inception_score"] is None and "no logits" in result["unavailable"]["inception_score"]
+    assert os.path.isfile(os.path.join(workdir, "inception_stats", "DIGITS_train_16_tf.npz"))

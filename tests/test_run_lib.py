@@ -235,3 +235,20 @@ def test_metrics_are_wired_into_evaluation(trained, monkeypatch):
     assert result["fid"] > 0 and result["kid"] is not None and result["num_samples"] == 4
     assert result["inception_score"] is None and "no logits" in result["unavailable"]["inception_score"]
     assert os.path.isfile(os.path.join(workdir, "inception_stats", "DIGITS_train_16_tf.npz"))
+
+
+def test_bf16_autocast_trains(tmp_path):
+    config = tiny_config(**{"training.mixed_precision": "bf16", "training.n_iters": 2,
+                            "training.snapshot_sampling": False})
+    history = run_lib.train(config, str(tmp_path))
+    assert len(history) == 2 and all(map(lambda v: v == v and abs(v) < 1e3, history))
+
+
+def test_save_image_grid_layout(tmp_path):
+    import numpy as np
+    from PIL import Image
+    images = np.full((5, 4, 4, 1), 200, dtype=np.uint8)
+    run_lib.save_image_grid(images, str(tmp_path / "g.png"), padding=1, scale=2)
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    assert grid.shape == (2 * 9 + 1, 3 * 9 + 1)  # 3 columns, 2 rows of 8x8 images, 1-pixel padding
+    assert grid[1:9, 1:9].min() == 200 and grid[0].max() == 0 and grid[10:, 19:].max() == 0

@@ -34,6 +34,8 @@ class _FlatDrift:
         self.x.copy_(torch.from_numpy(y).view(self.x.shape))
         self.t.fill_(t)
         drift, _ = self.drift_fn(self.x, self.t)
+        if not torch.isfinite(drift).all():  # scipy would shrink its step forever on NaN
+            raise FloatingPointError(f"the probability-flow drift is not finite at t={t}; check score_fn")
         return drift.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
 
 

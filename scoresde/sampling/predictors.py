@@ -81,6 +81,7 @@ class EulerMaruyamaPredictor(Predictor):
     """
 
     def update(self, score_fn, x, t, t_next, generator=None):
+        check_time(t, x)
         check_time(t_next, x, "t_next")
         dt = t_next - t
         drift, diffusion = self.sde.reverse(score_fn, self.probability_flow).sde(x, t)
@@ -126,6 +127,9 @@ class AncestralSamplingPredictor(Predictor):
         if self.probability_flow:
             raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; "
                              "use probability_flow=False or predictor 'reverse_diffusion'/'euler_maruyama'")
+        if type(sde).discretize is VPSDE.discretize and sde.discrete_betas.max() >= 1:
+            raise ValueError(f"ancestral sampling divides by sqrt(1 - beta_i), but this VPSDE has beta_i up to "
+                             f"{sde.discrete_betas.max().item():.3g} >= 1: use N > beta_max = {sde.beta_1}")
 
     def coefficients(self, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(a_i, G_i^2, tau_i)`` of level ``i = step_index(t)``; ``a_i`` broadcasts against ``x``, the others ``[B]``."""

@@ -11,6 +11,7 @@ Ito and Stratonovich forms coincide and every torchsde method applies. The Brown
 ``denoise`` finishes with Tweedie's formula at ``eps``.
 """
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -88,11 +89,16 @@ class SDESampler(Sampler):
         return span / n * (1.0 + 1e-10)
 
     def brownian_motion(self, y: Tensor, generator: Optional[torch.Generator]) -> torchsde.BrownianInterval:
-        """A Brownian motion on ``[0, T - eps]`` shaped like ``y``, its entropy drawn from ``generator``."""
+        """A Brownian motion on ``[0, T - eps]`` shaped like ``y``, its entropy drawn from ``generator``.
+
+        The dyadic (``halfway_tree``) form makes the path a function of the seed alone, not of where the solver
+        queries it, so runs with different ``dt`` see the same path (this is what the strong-order tests use). The
+        space-time Levy area (needed by ``srk``) is drawn for every method so that all methods share one path."""
         seed = int(torch.randint(2 ** 62, (), generator=generator, device=generator.device if generator else "cpu"))
-        levy_area = "space-time" if self.method == "srk" else "none"
-        return torchsde.BrownianInterval(t0=0.0, t1=self.sde.T - self.eps, size=y.shape, dtype=y.dtype,
-                                         device=y.device, entropy=seed, levy_area_approximation=levy_area)
+        span = self.sde.T - self.eps
+        return torchsde.BrownianInterval(t0=0.0, t1=span, size=y.shape, dtype=y.dtype, device=y.device,
+                                         entropy=seed, levy_area_approximation="space-time",
+                                         halfway_tree=True, tol=1e-6 * span)
 
     def _sample(self, score_fn, x, *, generator, progress):
         y0 = x.reshape(x.shape[0], -1)
@@ -100,8 +106,12 @@ class SDESampler(Sampler):
         # float64 times: accumulating dt in float32 would add a last sliver of a step
         ts = torch.tensor([0.0, self.sde.T - self.eps], dtype=torch.float64, device=x.device)
         options = {"grad_free": True} if self.method == "milstein" else None
-        ys = torchsde.sdeint(reverse, y0, ts, bm=self.brownian_motion(y0, generator), method=self.method,
-                             dt=self.step_size(), adaptive=self.adaptive, rtol=self.rtol, atol=self.atol, options=options)
+        with warnings.catch_warnings():
+            # torchsde warns that adaptive Euler may not converge for non-additive noise; ours is additive
+            warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed to converge")
+            ys = torchsde.sdeint(reverse, y0, ts, bm=self.brownian_motion(y0, generator), method=self.method,
+                                 dt=self.step_size(), adaptive=self.adaptive, rtol=self.rtol, atol=self.atol,
+                                 options=options)
         x = ys[-1].view(x.shape)
         if self.denoise:
             eps = torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -136,7 +137,6 @@ class Run:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
-    import random
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
@@ -200,8 +200,14 @@ def make_loss_fn(run: Run, train: bool):
                               likelihood_weighting=t.likelihood_weighting)
 
 
-def _class_labels(run: Run, labels: torch.Tensor) -> Optional[torch.Tensor]:
-    return labels if run.config.model.get("num_classes") else None
+def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
+    """``loss_fn`` on a data batch ``(x in [0, 1], labels)``: scaled to the model's range, moved to the
+    device, under the configured autocast; labels are passed to class-conditional networks only."""
+    x, labels = batch
+    class_labels = labels.to(run.device) if run.config.model.get("num_classes") else None
+    with _autocast(run):
+        return loss_fn(model, run.scaler(x.to(run.device, non_blocking=True)), generator=generator,
+                       class_labels=class_labels)
 
 
 # ----------------------------------------------------------------------------- images out
@@ -212,10 +218,9 @@ def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
 
 
 def save_image_grid(images: np.ndarray, path: str, padding: int = 2, scale: int = 1) -> None:
-    """Write ``uint8 [B, H, W, C]`` images as one PNG grid of ``ceil(sqrt(B))`` columns, each image
-    enlarged ``scale`` times (nearest neighbour, so small images stay legible)."""
-    if scale > 1:
-        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    """Write ``uint8 [B, H, W, C]`` images as one PNG grid of ``ceil(sqrt(B))`` columns, ``padding``
+    black pixels apart; the whole grid enlarged ``scale`` times (nearest neighbour, so small images
+    stay legible)."""
     b, h, w, c = images.shape
     ncol = int(math.ceil(math.sqrt(b)))
     nrow = int(math.ceil(b / ncol))
@@ -224,6 +229,7 @@ def save_image_grid(images: np.ndarray, path: str, padding: int = 2, scale: int 
         r, q = divmod(i, ncol)
         y, x = padding + r * (h + padding), padding + q * (w + padding)
         grid[y:y + h, x:x + w] = images[i]
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
 
@@ -244,7 +250,7 @@ def save_samples(x: torch.Tensor, stem: str) -> str:
     if x.dim() == 4:
         images = to_uint8_nhwc(x)
         np.savez_compressed(stem + ".npz", samples=images)
-        save_image_grid(images[:256], stem + ".png", scale=max(1, 64 // images.shape[1]))
+        save_image_grid(images[:256], stem + ".png", padding=1, scale=max(1, 64 // images.shape[1]))
     else:
         points = x.reshape(x.shape[0], -1).cpu().numpy()
         np.savez_compressed(stem + ".npz", samples=points)
@@ -277,13 +283,9 @@ def train_step(run: Run, model: torch.nn.Module, loss_fn, batch, step: int) -> t
     """Update number ``step + 1``: loss, backward, ``losses.optimization_step`` (warm-up, clipping, Adam),
     EMA. Raises :class:`NonFiniteLoss` (before any update) on a NaN/inf loss."""
     config, optimizer = run.config, run.optimizer
-    x, labels = batch
-    x = run.scaler(x.to(run.device, non_blocking=True))
     torch.manual_seed(step_seed(config.seed, run.dist.rank, step, _GLOBAL))  # dropout
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(run):
-        loss = loss_fn(model, x, generator=_generator(run.device, config.seed, run.dist.rank, step, _LOSS),
-                       class_labels=_class_labels(run, labels.to(run.device)))
+    loss = batch_loss(run, loss_fn, model, batch, _generator(run.device, config.seed, run.dist.rank, step, _LOSS))
     finite = distributed.mean_over_ranks(torch.isfinite(loss.detach()).float(), run.dist)
     if finite.item() < 1:
         raise NonFiniteLoss(f"the training loss is {loss.item()} at step {step + 1}; stopping. The last good "
@@ -389,12 +391,10 @@ def train(config, workdir: str) -> List[float]:
             history.append(loss.item())
             if run.step % t.log_freq == 0 or run.step == t.n_iters:
                 logger.progress(run.step, distributed.mean_over_ranks(loss, run.dist).item())
-            if run.step % t.eval_freq == 0:
-                x, labels = next(eval_iter)
-                with torch.no_grad(), _autocast(run):
-                    value = eval_loss(run.model, run.scaler(x.to(run.device)),
-                                      generator=_generator(run.device, config.seed, run.dist.rank, run.step, _EVAL_LOSS),
-                                      class_labels=_class_labels(run, labels.to(run.device)))
+            if run.step % t.eval_freq == 0:  # the paper's eval loss: one test batch, EMA weights
+                with losses.ema_weights(run.ema, run.model):
+                    value = batch_loss(run, eval_loss, run.model, next(eval_iter),
+                                       _generator(run.device, config.seed, run.dist.rank, run.step, _EVAL_LOSS))
                 logger.scalars(run.step, eval_loss=distributed.mean_over_ranks(value.float(), run.dist).item())
             # numbered checkpoints only at multiples of snapshot_freq (n = step // snapshot_freq, never
             # overwritten); the final state of a run always goes to the meta checkpoint
@@ -405,7 +405,6 @@ def train(config, workdir: str) -> List[float]:
                 grid = snapshot_samples(run)
                 if grid:
                     log.info("step %d: samples in %s", run.step, grid)
-            if snapshot:
                 distributed.barrier(run.dist)
     finally:
         logger.close()
@@ -449,13 +448,10 @@ def eval_loss(run: Run) -> Dict[str, float]:
     loss_fn = make_loss_fn(run, train=False)
     total, count = 0.0, 0
     with torch.no_grad():
-        for i, (x, labels) in enumerate(_test_batches(run)):
-            with _autocast(run):
-                value = loss_fn(run.model, run.scaler(x.to(run.device)),
-                                generator=_generator(run.device, run.config.seed, i, _EVAL_LOSS),
-                                class_labels=_class_labels(run, labels.to(run.device)))
-            total += value.item() * x.shape[0]
-            count += x.shape[0]
+        for i, batch in enumerate(_test_batches(run)):
+            value = batch_loss(run, loss_fn, run.model, batch, _generator(run.device, run.config.seed, i, _EVAL_LOSS))
+            total += value.item() * batch[0].shape[0]
+            count += batch[0].shape[0]
     return {"loss": total / count, "num_examples": count}
 
 

@@ -9,15 +9,15 @@ from configs.default_cifar10_configs import get_default_configs as cifar10_defau
 def get_default_configs():
     config = cifar10_defaults()
     training = config.training
-    training.batch_size = 64
-    training.n_iters = 2001
-    training.snapshot_freq = 1000
-    training.snapshot_freq_for_preemption = 250
+    training.batch_size = 32
+    training.n_iters = 1200
+    training.snapshot_freq = 600
+    training.snapshot_freq_for_preemption = 200
     training.log_freq = 25
     training.eval_freq = 100
     training.snapshot_num_samples = 64
     evaluate = config.eval
-    evaluate.begin_ckpt = 1
+    evaluate.begin_ckpt = 2  # the final network (step 1200)
     evaluate.end_ckpt = 2
     evaluate.batch_size = 128
     evaluate.enable_loss = True

@@ -250,5 +250,6 @@ def test_save_image_grid_layout(tmp_path):
     images = np.full((5, 4, 4, 1), 200, dtype=np.uint8)
     run_lib.save_image_grid(images, str(tmp_path / "g.png"), padding=1, scale=2)
     grid = np.asarray(Image.open(tmp_path / "g.png"))
-    assert grid.shape == (2 * 9 + 1, 3 * 9 + 1)  # 3 columns, 2 rows of 8x8 images, 1-pixel padding
-    assert grid[1:9, 1:9].min() == 200 and grid[0].max() == 0 and grid[10:, 19:].max() == 0
+    # 3 columns and 2 rows of 4x4 images, 1 pixel apart and around: 11 x 16 pixels, then all x2
+    assert grid.shape == (22, 32)
+    assert grid[2:10, 2:10].min() == 200 and grid[:2].max() == 0 and grid[12:20, 22:30].max() == 0

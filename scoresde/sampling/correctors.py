@@ -72,8 +72,8 @@ class Corrector:
             score = score_fn(x, t)
             noise = randn_like(x, generator)
             step = self.step_size(score, noise, x, t, alpha)
-            x_mean = x + batch_broadcast(step, x) * score
-            x = x_mean + batch_broadcast(torch.sqrt(2.0 * step), x) * noise
+            x_mean = torch.addcmul(x, score, batch_broadcast(step, x))
+            x = torch.addcmul(x_mean, noise, batch_broadcast(torch.sqrt(2.0 * step), x))
         return x, x_mean
 
 

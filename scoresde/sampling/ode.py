@@ -29,13 +29,18 @@ class _FlatDrift:
         self.drift_fn = sde.reverse(score_fn, probability_flow=True).sde
         self.x = torch.empty_like(like)
         self.t = torch.empty(like.shape[0], dtype=like.dtype, device=like.device)
+        self.first_call = True
 
     def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
         self.x.copy_(torch.from_numpy(y).view(self.x.shape))
         self.t.fill_(t)
         drift, _ = self.drift_fn(self.x, self.t)
-        if not torch.isfinite(drift).all():  # scipy would shrink its step forever on NaN
-            raise FloatingPointError(f"the probability-flow drift is not finite at t={t}; check score_fn")
+        # scipy picks its first step from the first drift and loops forever on NaN there (later NaNs make it
+        # fail with "step size too small"), so one check suffices
+        if self.first_call:
+            self.first_call = False
+            if not torch.isfinite(drift).all():
+                raise FloatingPointError(f"the probability-flow drift is not finite at t={t}; check score_fn and x")
         return drift.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
 
 

@@ -42,7 +42,7 @@ def list_predictors():
 
 def _noise(x_mean: Tensor, scale: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """``x_mean + scale z`` with ``z ~ N(0, I)``; ``scale`` is ``[B]``."""
-    return x_mean + batch_broadcast(scale, x_mean) * randn_like(x_mean, generator)
+    return torch.addcmul(x_mean, randn_like(x_mean, generator), batch_broadcast(scale, x_mean))
 
 
 class Predictor:
@@ -56,6 +56,8 @@ class Predictor:
             raise TypeError(f"sde must be an scoresde.sde_lib.SDE, got {type(sde).__name__}")
         self.sde = sde
         self.probability_flow = bool(probability_flow)
+        #: weight of the score in the reverse drift: 1 for the reverse SDE (eq. 6), 1/2 for the ODE (eq. 13)
+        self.c = 0.5 if self.probability_flow else 1.0
 
     def update(self, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor,
                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
@@ -84,11 +86,13 @@ class EulerMaruyamaPredictor(Predictor):
         check_time(t, x)
         check_time(t_next, x, "t_next")
         dt = t_next - t
-        drift, diffusion = self.sde.reverse(score_fn, self.probability_flow).sde(x, t)
-        x_mean = x + drift * batch_broadcast(dt, x)
+        drift, g = self.sde.sde(x, t)
+        score_coeff = -self.c * g ** 2 * dt.to(g.dtype)               # -c g^2 dt, [B]
+        x_mean = torch.addcmul(x, drift, batch_broadcast(dt, x))
+        x_mean = torch.addcmul(x_mean, score_fn(x, t), batch_broadcast(score_coeff, x))
         if self.probability_flow:
             return x_mean, x_mean
-        return _noise(x_mean, diffusion * torch.sqrt(-dt.to(diffusion.dtype)), generator), x_mean
+        return _noise(x_mean, g * torch.sqrt(-dt.to(g.dtype)), generator), x_mean
 
 
 @register_predictor("reverse_diffusion")
@@ -101,8 +105,8 @@ class ReverseDiffusionPredictor(Predictor):
     discrete = True
 
     def update(self, score_fn, x, t, t_next=None, generator=None):
-        f, G = self.sde.reverse(score_fn, self.probability_flow).discretize(x, t)
-        x_mean = x - f
+        f, G = self.sde.discretize(x, t)
+        x_mean = torch.addcmul(x - f, score_fn(x, t), batch_broadcast(self.c * G ** 2, x))
         if self.probability_flow:
             return x_mean, x_mean
         return _noise(x_mean, G, generator), x_mean
@@ -151,7 +155,7 @@ class AncestralSamplingPredictor(Predictor):
 
     def update(self, score_fn, x, t, t_next=None, generator=None):
         a, G2, tau = self.coefficients(x, t)
-        x_mean = (x + batch_broadcast(G2, x) * score_fn(x, t)) / a
+        x_mean = torch.addcmul(x, score_fn(x, t), batch_broadcast(G2, x)) / a
         return _noise(x_mean, tau, generator), x_mean
 
 

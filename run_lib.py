@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 import scoresde.models.mlp  # noqa: F401  (registers the "mlp" network)
 from scoresde import checkpoint, datasets, distributed, likelihood, losses, sde_lib
 from scoresde.datasets.loader import step_seed
-from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn
+from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn, load_original_checkpoint
 from scoresde.models.mlp import sample_shape
 from scoresde.sampling import get_sampler
 from scoresde.sampling.base import SAMPLERS
@@ -571,15 +571,22 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
 # ----------------------------------------------------------------------------- sampling
 
 def sample(config, workdir: str) -> str:
-    """``sampling.num_samples`` samples from checkpoint ``sampling.ckpt`` (0: the newest state) with
-    the configured sampler, as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem."""
+    """``sampling.num_samples`` samples from checkpoint ``sampling.ckpt`` (0: the newest state), or from
+    ``sampling.original_checkpoint`` (a file released with the paper's code), with the configured sampler, as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem."""
     run = setup(config, workdir)
     s = config.sampling
-    path = run.checkpoints.newest() if s.ckpt == 0 else run.checkpoints.numbered_path(s.ckpt)
-    if path is None or not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint to sample from in {run.checkpoints.numbered_dir} "
-                                f"(sampling.ckpt = {s.ckpt}); train first")
-    step = load_for_inference(run, path, use_ema=s.use_ema)
+    if s.original_checkpoint:  # a checkpoint released with the paper's PyTorch code
+        path = s.original_checkpoint
+        model, info = load_original_checkpoint(path, config, use_ema=s.use_ema, map_location=run.device)
+        run.model.load_state_dict(model.state_dict())
+        run.model.eval()
+        step = info.step or 0
+    else:
+        path = run.checkpoints.newest() if s.ckpt == 0 else run.checkpoints.numbered_path(s.ckpt)
+        if path is None or not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint to sample from in {run.checkpoints.numbered_dir} "
+                                    f"(sampling.ckpt = {s.ckpt}); train first")
+        step = load_for_inference(run, path, use_ema=s.use_ema)
     x, nfe = draw_samples(run, s.num_samples, s.batch_size, (config.seed, step, _SAMPLES), progress=True)
     stem = os.path.join(workdir, s.folder, f"step_{step}_{s.sampler}_seed{config.seed}")
     if run.dist.is_main:

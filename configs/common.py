@@ -80,6 +80,7 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     sampling.batch_size = 64
     sampling.ckpt = 0
     sampling.use_ema = True
+    sampling.original_checkpoint = ""  # or the path of a checkpoint released with the paper's PyTorch code
     sampling.folder = "samples"
     link_paper_sampling_fields(sampling)
 

@@ -253,3 +253,22 @@ def test_save_image_grid_layout(tmp_path):
     # 3 columns and 2 rows of 4x4 images, 1 pixel apart and around: 11 x 16 pixels, then all x2
     assert grid.shape == (22, 32)
     assert grid[2:10, 2:10].min() == 200 and grid[:2].max() == 0 and grid[12:20, 22:30].max() == 0
+
+
+def test_sample_from_a_checkpoint_of_the_papers_code(trained, tmp_path):
+    """A file in the layout of the paper's released checkpoints ('module.'-prefixed model keys, EMA
+    shadow weights as a list) written here from our own run's EMA weights."""
+    workdir, _ = trained
+    ours = checkpoint.load(os.path.join(workdir, "checkpoints", "checkpoint_2.pth"))
+    original = {"model": {"module." + k: v for k, v in ours["model"].items()}, "ema": ours["ema"],
+                "optimizer": ours["optimizer"], "step": 6}
+    path = tmp_path / "checkpoint_26.pth"
+    torch.save(original, path)
+    config = tiny_config(**{"sampling.original_checkpoint": str(path), "sampling.num_samples": 2,
+                            "sampling.batch_size": 2})
+    from_paper = run_lib.sample(config, str(tmp_path / "paper"))
+    config.sampling.original_checkpoint = ""
+    config.sampling.ckpt = 2
+    from_ours = run_lib.sample(config, workdir)
+    import numpy as np
+    assert np.array_equal(np.load(from_paper + ".npz")["samples"], np.load(from_ours + ".npz")["samples"])

@@ -11,6 +11,7 @@ import torch
 from scipy import integrate
 
 from ..sde_lib import SDE
+from ..utils import batch_broadcast
 from .base import ScoreFn, Sampler, register_sampler, tweedie_denoise
 
 Tensor = torch.Tensor
@@ -26,7 +27,7 @@ class _FlatDrift:
     """
 
     def __init__(self, sde: SDE, score_fn: ScoreFn, like: Tensor):
-        self.drift_fn = sde.reverse(score_fn, probability_flow=True).sde
+        self.sde, self.score_fn = sde, score_fn
         self.x = torch.empty_like(like)
         self.t = torch.empty(like.shape[0], dtype=like.dtype, device=like.device)
         self.first_call = True
@@ -34,7 +35,8 @@ class _FlatDrift:
     def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
         self.x.copy_(torch.from_numpy(y).view(self.x.shape))
         self.t.fill_(t)
-        drift, _ = self.drift_fn(self.x, self.t)
+        f, g = self.sde.sde(self.x, self.t)
+        drift = torch.addcmul(f, self.score_fn(self.x, self.t), batch_broadcast(-0.5 * g ** 2, f))  # eq. 13
         # scipy picks its first step from the first drift and loops forever on NaN there (later NaNs make it
         # fail with "step size too small"), so one check suffices
         if self.first_call:

@@ -18,6 +18,7 @@ import torch
 import torchsde
 
 from ..sde_lib import SDE
+from ..utils import batch_broadcast
 from .base import ScoreFn, Sampler, register_sampler, tweedie_denoise
 from .ode import check_tolerances
 
@@ -35,27 +36,36 @@ class _TimeReversedSDE(torch.nn.Module):
 
     def __init__(self, sde: SDE, score_fn: ScoreFn, shape, sde_type: str):
         super().__init__()
-        self.reverse = sde.reverse(score_fn)
         self.forward_sde = sde
+        self.score_fn = score_fn
         self.T = sde.T
         self.shape = tuple(shape)
         self.sde_type = sde_type
-        self._memo = None  # (s, y, drift): torchsde's contract check evaluates f(t0, y0) before the first step
+        self._drift_memo = None      # (s, y, drift): torchsde's contract check evaluates f(t0, y0) before step 1
+        self._diffusion_memo = None  # (s, g): the solvers ask for g at the time they just asked for f
 
     def _time(self, s: Tensor) -> Tensor:
         return (self.T - s).reshape(1).expand(self.shape[0])
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
-        if self._memo is not None and self._memo[1] is y and torch.equal(self._memo[0], s):
-            return self._memo[2]
-        drift, _ = self.reverse.sde(y.view(self.shape), self._time(s))
-        out = -drift.reshape(y.shape)
-        self._memo = (s.clone(), y, out)
+        """``-[f(x, t) - g(t)^2 score(x, t)]`` at ``t = T - s``."""
+        memo = self._drift_memo
+        if memo is not None and memo[1] is y and torch.equal(memo[0], s):
+            return memo[2]
+        x, t = y.view(self.shape), self._time(s)
+        drift, g = self.forward_sde.sde(x, t)
+        out = torch.addcmul(-drift, self.score_fn(x, t), batch_broadcast(g ** 2, x)).reshape(y.shape)
+        self._drift_memo, self._diffusion_memo = (s.clone(), y, out), (s.clone(), g)
         return out
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
-        _, diffusion = self.forward_sde.sde(y.view(self.shape), self._time(s))
-        return diffusion[:, None].expand(y.shape)
+        """``g(t)`` at ``t = T - s`` on the diagonal, shaped like ``y``."""
+        memo = self._diffusion_memo
+        if memo is not None and torch.equal(memo[0], s):
+            g = memo[1]
+        else:
+            g = self.forward_sde.sde(y.view(self.shape), self._time(s))[1]
+        return g[:, None].expand(y.shape)
 
 
 @register_sampler("sde")

@@ -52,6 +52,10 @@ def check_config(config) -> None:
     if not config.training.continuous and sde_name.lower() == "subvpsde":
         raise _fail("training.continuous", False, "the sub-VP SDE has no discrete loss (DDPM is VP, SMLD is VE); "
                     "set training.continuous=True")
+    if (sde_name.lower() == "vesde" and config.training.continuous and config.model.get("scale_by_sigma")
+            and config.model.get("embedding_type") == "positional"):
+        raise _fail("model.embedding_type", "positional", "a continuous VE network is fed sigma, not a step "
+                    "index (see scoresde.models.get_score_fn); use 'fourier', or training.continuous=False")
     if config.sampling.sampler not in SAMPLERS:
         raise _fail("sampling.sampler", config.sampling.sampler, f"unknown sampler; available: {', '.join(SAMPLERS.list())}")
     if config.training.mixed_precision not in MIXED_PRECISION:

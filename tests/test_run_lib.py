@@ -172,6 +172,7 @@ def test_sample_mode_with_any_sampler(trained, sampler, options):
 @pytest.mark.parametrize("changes,match", [
     ({"training.sde": "vesde", "training.continuous": False, "model.name": "nope"}, "config.model.name"),
     ({"training.sde": "subvpsde", "training.continuous": False}, "config.training.continuous"),
+    ({"training.sde": "vesde", "model.scale_by_sigma": True}, "config.model.embedding_type"),
     ({"sampling.sampler": "magic"}, "config.sampling.sampler"),
     ({"data.image_size": 18, "model.ch_mult": (1, 2, 2)}, "config.data.image_size"),
     ({"training.mixed_precision": "fp8"}, "config.training.mixed_precision"),

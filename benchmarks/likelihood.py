@@ -1,0 +1,148 @@
+"""Cost of the probability-flow likelihood per score evaluation, on a batch of 64 images 3x32x32.
+
+For two score functions (the small convolutional network of ``common.py``, as ``1e-3 x net(x, t)`` added to the
+exact score of the data so that the untrained network gives a realistic NFE; and the closed-form score of the
+diagonal Gaussian data alone, where the solver's own cost is what is measured beyond the score) it reports the NFE,
+the wall time of one ``get_likelihood_fn(VPSDE(), rtol=atol=1e-5, RK45, rademacher)`` call and
+``wall / (nfe x time of one forward + backward)``, where forward + backward is one score call followed by
+one vector-Jacobian product w.r.t. its input (the least work an NFE of the estimator needs).
+
+For comparison in the same run, ``paper-style loop`` integrates the same ODE with the per-evaluation
+structure of the paper's code (separate score calls for the drift and for the divergence, NumPy copies in
+and out, BLAS left multi-threaded); it is this benchmark's re-implementation of that structure, not the paper's
+code itself. Its NFE counts ODE evaluations (two score calls each).
+A second table compares ``torch.autograd.grad`` with ``torch.func.vjp`` for the vector-Jacobian product.
+
+Run: ``python benchmarks/likelihood.py`` (``--quick``: fewer repeats; ``--threads N``: torch intra-op threads).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import IMAGE_SHAPE, markdown_table, median_time, small_conv_score  # noqa: E402
+
+from scoresde import analytic, sde_lib  # noqa: E402
+from scoresde.likelihood import get_likelihood_fn, hutchinson_noise  # noqa: E402
+
+TOL = 1e-5
+EPS = 1e-5
+#: the untrained network's output oscillates fast in t (RK45 then needs ~1100 NFE); added as a small
+#: correction to the exact score it costs a full network call at a realistic NFE
+NET_SCALE = 1e-3
+
+
+def image_gaussian() -> analytic.Gaussian:
+    g = torch.Generator().manual_seed(0)
+    mean = 0.3 * torch.randn(IMAGE_SHAPE[1:], generator=g)
+    std = 0.1 + 0.5 * torch.rand(IMAGE_SHAPE[1:], generator=g)
+    return analytic.Gaussian.diagonal(mean, std)
+
+
+def forward_backward(score_fn, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> None:
+    """One score call and one vector-Jacobian product w.r.t. the input."""
+    x = x.detach().requires_grad_(True)
+    torch.autograd.grad(score_fn(x, t), x, grad_outputs=v)
+
+
+def forward_backward_func(score_fn, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> None:
+    """The same through ``torch.func.vjp``."""
+    _, vjp_fn = torch.func.vjp(lambda y: score_fn(y, t), x)
+    vjp_fn(v)
+
+
+def paper_style_likelihood(sde, score_fn, x: torch.Tensor, v: torch.Tensor):
+    """The paper's per-evaluation structure: the drift and the divergence from separate score calls,
+    state copied through NumPy on the way in and out. Returns the NFE."""
+    shape, B = x.shape, x.shape[0]
+    nfe = [0]
+
+    def counted(y, t):
+        nfe[0] += 1
+        return score_fn(y, t)
+
+    flow = sde.reverse(counted, probability_flow=True)
+
+    def rhs(t, y):
+        xt = torch.from_numpy(y[:-B].reshape(shape)).to(x.dtype)
+        tt = torch.full((B,), t, dtype=x.dtype)
+        with torch.no_grad():
+            drift = flow.sde(xt, tt)[0].numpy().reshape(-1)
+        with torch.enable_grad():
+            xt.requires_grad_(True)
+            (grad,) = torch.autograd.grad((flow.sde(xt, tt)[0] * v).sum(), xt)
+        div = (grad * v).sum(dim=tuple(range(1, x.dim()))).numpy().reshape(-1)
+        return np.concatenate([drift, div]).astype(np.float64)
+
+    y0 = np.concatenate([x.numpy().reshape(-1).astype(np.float64), np.zeros(B)])
+    solve_ivp(rhs, (EPS, sde.T), y0, rtol=TOL, atol=TOL, method="RK45")
+    return nfe[0] // 2
+
+
+def run_case(name, score_fn, sde, x, t, v, repeats, warmup, paper_style=True):
+    """Interleaved timings (each likelihood solve next to its own forward+backward median), so that a
+    change in the machine's load moves both; the ratio is the median of the per-repeat ratios."""
+    likelihood_fn = get_likelihood_fn(sde, hutchinson_type="rademacher", rtol=TOL, atol=TOL, method="RK45", eps=EPS)
+    solvers = [("scoresde", lambda: likelihood_fn(score_fn, x, generator=torch.Generator().manual_seed(0))[2])]
+    if paper_style:
+        solvers.append(("paper-style loop", lambda: paper_style_likelihood(sde, score_fn, x, v)))
+    rows = []
+    for label, solve in solvers:
+        for _ in range(warmup):
+            solve()
+        walls, fbs, nfe = [], [], 0
+        for _ in range(repeats):
+            fbs.append(median_time(lambda: forward_backward(score_fn, x, t, v), repeats=5, warmup=1))
+            start = time.perf_counter()
+            nfe = solve()
+            walls.append(time.perf_counter() - start)
+        ratio = statistics.median(w / (nfe * f) for w, f in zip(walls, fbs))
+        wall, fb = statistics.median(walls), statistics.median(fbs)
+        rows.append([name, label, nfe, f"{wall:.2f}", f"{1e3 * wall / nfe:.2f}", f"{1e3 * fb:.2f}", f"{ratio:.3f}"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one timed repeat, no paper-style loop for the network")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    repeats, warmup = (1, 0) if args.quick else (3, 1)
+
+    sde = sde_lib.VPSDE()
+    gauss = image_gaussian()
+    x = gauss.sample(IMAGE_SHAPE[0], torch.Generator().manual_seed(1)).float()
+    t = torch.full((x.shape[0],), 0.5)
+    v = hutchinson_noise(x, "rademacher", torch.Generator().manual_seed(2))
+    net, exact = small_conv_score(), gauss.score_fn(sde)
+    network = lambda y, s: exact(y, s) + NET_SCALE * net(y, s)  # noqa: E731
+    cases = [("small conv net", network), ("closed-form Gaussian", exact)]
+
+    rows = run_case(cases[0][0], network, sde, x, t, v, repeats, warmup, paper_style=not args.quick)
+    rows += run_case(cases[1][0], exact, sde, x, t, v, repeats, warmup)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"likelihood, VPSDE, RK45 rtol=atol={TOL}, rademacher, batch {tuple(x.shape)}, "
+          f"torch threads {torch.get_num_threads()}, load average {load:.1f}\n")
+    print(markdown_table(["score", "likelihood", "NFE", "wall (s)", "ms / NFE", "fwd+bwd (ms)",
+                          "wall / (NFE x fwd+bwd)"], rows))
+
+    vjp_rows = []
+    for name, score_fn in cases:
+        ag = median_time(lambda: forward_backward(score_fn, x, t, v), repeats=max(5, 3 * repeats), warmup=2)
+        fv = median_time(lambda: forward_backward_func(score_fn, x, t, v), repeats=max(5, 3 * repeats), warmup=2)
+        vjp_rows.append([name, f"{1e3 * ag:.2f}", f"{1e3 * fv:.2f}"])
+    print()
+    print(markdown_table(["score", "autograd.grad (ms)", "torch.func.vjp (ms)"], vjp_rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -123,7 +123,8 @@ def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
-    """Tweedie's formula ``E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t)``: one noise-free step to ``t = 0``."""
+    """Tweedie's formula ``E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t)``: a noise-free jump to ``t = 0``.
+    ``t`` is ``[B]``."""
     alpha, sigma = sde.marginal_coeffs(t)
     return (x + batch_broadcast(sigma ** 2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
 

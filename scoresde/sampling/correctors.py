@@ -39,7 +39,7 @@ def _mean_norm(v: Tensor) -> Tensor:
 
 
 class Corrector:
-    """Base class: ``snr`` is the signal-to-noise ratio ``r`` that sets the step size, ``n_steps`` the iterations ``M``."""
+    """Base class: ``snr`` is the signal-to-noise ratio ``r`` (sets the step), ``n_steps`` the iterations ``M``."""
 
     def __init__(self, sde: SDE, snr: float, n_steps: int):
         if not isinstance(sde, SDE):
@@ -53,7 +53,7 @@ class Corrector:
         self.n_steps = n_steps
 
     def alpha(self, t: Tensor, x: Tensor) -> Tensor:
-        """``alpha_i = 1 - beta_i`` of the DDPM level of ``t`` for VP/subVP (Alg. 5), ``1`` otherwise (Alg. 4); ``[B]``."""
+        """``alpha_i = 1 - beta_i`` of the DDPM level of ``t`` for VP/subVP (Alg. 5), else ``1`` (Alg. 4); ``[B]``."""
         if isinstance(self.sde, VPSDE):
             return self.sde.alphas[self.sde.step_index(t).cpu()].to(device=x.device, dtype=x.dtype)
         return torch.ones_like(t, dtype=x.dtype)

@@ -117,7 +117,8 @@ class AncestralSamplingPredictor(Predictor):
     """Ancestral sampling (eq. 47, App. F): invert the forward step ``x_{i+1} = a_i x_i + G_i z`` with the score,
 
     ``x_mean = (x + G_i^2 s(x, t_i)) / a_i``, ``x = x_mean + tau_i z``:
-    - VP (DDPM, Ho et al. 2020 Alg. 2 with ``sigma_i^2 = beta_i``): ``a_i = sqrt(1 - beta_i)``, ``G_i^2 = tau_i^2 = beta_i``;
+    - VP (DDPM, Ho et al. 2020 Alg. 2 with ``sigma_i^2 = beta_i``): ``a_i = sqrt(1 - beta_i)``,
+      ``G_i^2 = tau_i^2 = beta_i``;
     - VE (SMLD): ``a_i = 1``, ``G_i^2 = sigma_i^2 - sigma_{i-1}^2``, ``tau_i^2 = sigma_{i-1}^2 G_i^2 / sigma_i^2``;
     - any other SDE with a drift linear in ``x`` (subVP): ``a_i = 1 + f_i(1)`` and ``G_i`` from ``sde.discretize``,
       ``tau_i = G_i`` -- the DDPM rule applied to that discretisation (for VP it *is* eq. 47).
@@ -136,7 +137,7 @@ class AncestralSamplingPredictor(Predictor):
                              f"{sde.discrete_betas.max().item():.3g} >= 1: use N > beta_max = {sde.beta_1}")
 
     def coefficients(self, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(a_i, G_i^2, tau_i)`` of level ``i = step_index(t)``; ``a_i`` broadcasts against ``x``, the others ``[B]``."""
+        """``(a_i, G_i^2, tau_i)`` of level ``i = step_index(t)``; ``a_i`` broadcasts like ``x``, the rest ``[B]``."""
         check_time(t, x)
         sde = self.sde
         if type(sde).discretize is VPSDE.discretize:
@@ -144,12 +145,10 @@ class AncestralSamplingPredictor(Predictor):
             beta = sde.discrete_betas[i].to(x.device)
             return batch_broadcast(torch.sqrt(1.0 - beta), x), beta, torch.sqrt(beta)
         if type(sde).discretize is VESDE.discretize:
-            i = sde.step_index(t).cpu()
-            sigma = sde.discrete_sigmas[i]
-            sigma_prev = torch.where(i == 0, torch.zeros_like(sigma), sde.discrete_sigmas[(i - 1).clamp(min=0)])
-            G2 = (sigma ** 2 - sigma_prev ** 2).to(x.device)
-            tau = torch.sqrt(G2 * sigma_prev.to(x.device) ** 2 / sigma.to(x.device) ** 2)
-            return torch.ones((), dtype=x.dtype, device=x.device), G2, tau
+            _, G = sde.discretize(x, t)                                   # G_i^2 = sigma_i^2 - sigma_{i-1}^2
+            sigma = sde.discrete_sigmas[sde.step_index(t).cpu()].to(G)
+            tau = G * torch.sqrt(1.0 - G ** 2 / sigma ** 2)               # sigma_{i-1}^2 / sigma_i^2 = 1 - G^2/sigma^2
+            return torch.ones((), dtype=x.dtype, device=x.device), G ** 2, tau
         f_unit, G = sde.discretize(torch.ones_like(x), t)
         return 1.0 + f_unit, G ** 2, G
 

@@ -63,6 +63,8 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     data.num_workers = 0          # DataLoader worker processes
 
     training = config.training
+    # the numbered-checkpoint period under its plain name; one value with the paper's snapshot_freq
+    training.checkpoint_freq = training.get_ref("snapshot_freq")
     training.mixed_precision = "no"      # 'no', 'bf16' or 'fp16' (torch.autocast; fp16 with a GradScaler)
     training.snapshot_num_samples = 64   # samples in the grid PNG written every snapshot_freq
 

@@ -50,6 +50,13 @@ def test_paper_settings(name, expected):
     assert config.sampling.corrector == "langevin" and config.model.scale_by_sigma
 
 
+def test_checkpoint_freq_is_snapshot_freq():
+    config = load("vp.cifar10")
+    assert config.training.checkpoint_freq == config.training.snapshot_freq == 50000
+    config.training.checkpoint_freq = 10
+    assert config.training.snapshot_freq == 10
+
+
 def test_paper_sampling_fields_and_sampler_options_are_one():
     config = load("ve.cifar10")
     assert config.sampling.sampler == config.sampling.method == "pc"

@@ -1,11 +1,13 @@
 """The probability-flow likelihood against closed-form Gaussian ground truth, and the bits/dim helpers.
 
-For Gaussian data the Jacobian of the probability-flow drift is ``f(t) I + g(t)^2 / 2 C(t)^{-1}``, symmetric
-with the eigenvectors ``U`` of the data covariance, so its integral from ``eps`` to ``T`` is
-``M = U diag(m) U^T`` with ``m_i = log(c_i(T) / c_i(eps)) / 2`` (``c_i`` the eigenvalues of the marginal
-covariance). The exact divergence integrates to ``tr M`` (the log-det of ``analytic.ode_log_likelihood``);
-a Hutchinson estimate with noise ``v`` integrates to ``v^T M v`` exactly, with variance ``2 ||M||_F^2``
-(Gaussian ``v``) or ``2 (||M||_F^2 - sum_i M_ii^2)`` (Rademacher ``v``): zero for a diagonal covariance.
+For Gaussian data the Jacobian of the probability-flow drift is ``a(t) I + g(t)^2 / 2 C(t)^{-1}`` (``a`` the
+linear drift coefficient, ``d log alpha / dt``), symmetric with the eigenvectors ``U`` of the data covariance, so
+its integral from ``eps`` to ``T`` is ``M = U diag(m) U^T`` with ``m_i = log(c_i(T) / c_i(eps)) / 2`` (``c_i`` the
+eigenvalues of the marginal covariance). The exact divergence integrates to ``tr M`` (the log-det of
+``analytic.ode_log_likelihood``). The estimator takes the linear part exactly and Hutchinson's estimate of the
+score part only, so with noise ``v`` it integrates to ``D A + v^T (M - A I) v`` with ``A = log(alpha(T) /
+alpha(eps))``, with variance ``2 ||S||_F^2`` (Gaussian ``v``) or ``2 (||S||_F^2 - sum_i S_ii^2)`` (Rademacher
+``v``) for ``S = M - A I``: zero for a diagonal covariance with Rademacher noise.
 """
 import math
 
@@ -46,13 +48,16 @@ def rotated_gaussian(D=4, seed=0):
     return analytic.Gaussian.from_covariance(torch.randn(D, generator=g, dtype=torch.float64), cov)
 
 
-def integrated_jacobian(gauss, sde, eps=EPS):
-    """``M = int_eps^T d f~/dx dt`` for Gaussian data (see the module docstring), ``[D, D]`` float64."""
-    def eig_cov(t):
+def integrated_jacobians(gauss, sde, eps=EPS):
+    """``A = int_eps^T a dt`` (linear drift) and ``S = int_eps^T (d f~/dx - a I) dt`` (score part) for Gaussian
+    data (see the module docstring): a float and a ``[D, D]`` float64 matrix."""
+    def coeffs(t):
         alpha, sigma = sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
-        return alpha ** 2 * gauss.eigvals + sigma ** 2
-    m = 0.5 * torch.log(eig_cov(sde.T) / eig_cov(eps))
-    return gauss.U @ torch.diag(m) @ gauss.U.T
+        return alpha, alpha ** 2 * gauss.eigvals + sigma ** 2
+    (alpha_T, c_T), (alpha_eps, c_eps) = coeffs(sde.T), coeffs(eps)
+    A = torch.log(alpha_T / alpha_eps).item()
+    M = gauss.U @ torch.diag(0.5 * torch.log(c_T / c_eps)) @ gauss.U.T
+    return A, M - A * torch.eye(gauss.dim, dtype=torch.float64)
 
 
 def relative_rms(a, b):
@@ -96,15 +101,16 @@ def test_other_scipy_methods_and_offset(method):
 
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("name", ["vp", "ve"])
-def test_hutchinson_estimate_is_the_quadratic_form_of_its_noise(kind, name):
-    """With the noise drawn from the generator, the estimate is ``v^T M v`` sample by sample."""
+def test_hutchinson_estimate_is_the_closed_form_of_its_noise(kind, name):
+    """With the noise drawn from the generator, the estimate is ``D A + v^T S v`` sample by sample."""
     sde, gauss = SDES[name](), rotated_gaussian()
     x = gauss.sample(16, torch.Generator().manual_seed(5))
     bpd, z, _ = get_likelihood_fn(sde, hutchinson_type=kind)(gauss.score_fn(sde), x,
                                                               generator=torch.Generator().manual_seed(6))
     v = hutchinson_noise(x, kind, torch.Generator().manual_seed(6))
-    quad = torch.einsum("bi,ij,bj->b", v, integrated_jacobian(gauss, sde), v)
-    expected = bits(sde.prior_logp(gauss.flow_map(sde, x, EPS, sde.T)) + quad, gauss.dim)
+    A, S = integrated_jacobians(gauss, sde)
+    estimate = gauss.dim * A + torch.einsum("bi,ij,bj->b", v, S, v)
+    expected = bits(sde.prior_logp(gauss.flow_map(sde, x, EPS, sde.T)) + estimate, gauss.dim)
     assert (bpd - expected).abs().max().item() < 5e-4
 
 
@@ -117,9 +123,9 @@ def test_hutchinson_is_unbiased_with_the_closed_form_variance(kind):
     x = gauss.sample(B, torch.Generator().manual_seed(7))
     bpd, _, _ = get_likelihood_fn(sde, hutchinson_type=kind)(gauss.score_fn(sde), x,
                                                               generator=torch.Generator().manual_seed(8))
-    err_nats = -(bpd - bits(gauss.ode_log_likelihood(sde, x, EPS), D)) * D * math.log(2)   # v^T M v - tr M
-    M = integrated_jacobian(gauss, sde)
-    var = 2 * (M.pow(2).sum() - (M.diagonal().pow(2).sum() if kind == "rademacher" else 0.0)).item()
+    err_nats = -(bpd - bits(gauss.ode_log_likelihood(sde, x, EPS), D)) * D * math.log(2)   # v^T S v - tr S
+    S = integrated_jacobians(gauss, sde)[1]
+    var = 2 * (S.pow(2).sum() - (S.diagonal().pow(2).sum() if kind == "rademacher" else 0.0)).item()
     assert abs(err_nats.mean().item()) < 4 * math.sqrt(var / B)
     assert 0.6 < err_nats.var().item() / var < 1.6
 
@@ -217,3 +223,14 @@ def test_uniform_dequantize():
         uniform_dequantize(torch.tensor([0.5]))
     with pytest.raises(TypeError):
         uniform_dequantize([1, 2])
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "exact"])
+def test_zero_score_under_ve_is_the_prior(kind):
+    """A score that does not depend on x (here 0) is allowed; under VE the flow is then the identity and
+    the likelihood is the prior's at x."""
+    sde = sde_lib.VESDE()
+    x = 3.0 * torch.randn(5, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    bpd, z, nfe = get_likelihood_fn(sde, hutchinson_type=kind)(lambda x, t: torch.zeros_like(x), x)
+    torch.testing.assert_close(z, x)
+    torch.testing.assert_close(bpd, bits(sde.prior_logp(x), 6))

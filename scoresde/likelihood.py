@@ -5,9 +5,10 @@ transports ``p_eps`` to ``p_T``. By the instantaneous change of variables (App. 
 
     log p_eps(x) = log p_T(z) + int_eps^T div f~(x(t), t) dt,    z = x(T),
 
-which is integrated jointly with the ODE by ``scipy.integrate.solve_ivp`` in float64. The divergence is the
-Hutchinson-Skilling estimate ``div f~ = E_v[v^T (d f~/dx) v]`` with one noise vector ``v`` per solve (one
-vector-Jacobian product per evaluation), or, for small ``D``, the exact trace of the Jacobian.
+which is integrated jointly with the ODE by ``scipy.integrate.solve_ivp`` in float64. The drift is linear,
+``f(x, t) = a(t) x``, so ``div f~ = D a(t) - g(t)^2 / 2 div s``; the score's divergence is the Hutchinson-Skilling
+estimate ``div s = E_v[v^T (ds/dx) v]`` with one noise vector ``v`` per solve (one vector-Jacobian product per
+evaluation), or, for small ``D``, the exact trace of the Jacobian.
 
 Bits per dimension: ``bpd = -log p(x) / (D ln 2) + offset`` with ``D`` the number of dimensions of one
 sample; ``offset`` converts a continuous density on the model's scale into bits of 8-bit data
@@ -126,6 +127,7 @@ class LikelihoodFn:
         if not torch.is_tensor(x) or x.dim() < 2 or not x.is_floating_point():
             got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must be a floating-point tensor of shape [B, ...], got {got}")
+        self._check_linear_drift(x)
         counted = CountingScore(score_fn)
         shape, B, D = x.shape, x.shape[0], x[0].numel()
         n = B * D
@@ -171,6 +173,15 @@ class LikelihoodFn:
                                      "check score_fn for NaN/inf")
         return bpd.to(x.device), z.to(device=x.device, dtype=x.dtype), counted.nfe
 
+    def _check_linear_drift(self, x: Tensor) -> None:
+        """The solver takes ``f(x, t) = a(t) x`` with ``a(t) = f(1, t)``; check it once at ``x`` and ``eps``."""
+        t = torch.full((x.shape[0],), self.eps, device=x.device, dtype=x.dtype)
+        drift = self.sde.sde(x, t)[0]
+        a = self.sde.sde(x.new_ones(x.shape[0], 1), t)[0][:, 0]
+        if not torch.allclose(drift, batch_broadcast(a, x) * x, rtol=1e-4, atol=1e-6):
+            raise ValueError(f"the likelihood needs an SDE whose drift is linear in x, f(x, t) = a(t) x; "
+                             f"{type(self.sde).__name__}.sde is not")
+
     def __repr__(self) -> str:
         return (f"LikelihoodFn(sde={type(self.sde).__name__}, hutchinson_type={self.hutchinson_type!r}, "
                 f"rtol={self.rtol}, atol={self.atol}, method={self.method!r}, eps={self.eps}, offset={self.offset})")
@@ -183,8 +194,10 @@ def get_likelihood_fn(sde: SDE, *, hutchinson_type: str = "rademacher", rtol: fl
     Returns ``likelihood_fn(score_fn, x, *, generator=None) -> (bpd, z, nfe)`` with
     ``bpd = -(log p_T(z) + int_eps^T div f~ dt) / (D ln 2) + offset``, integrated from ``eps`` to ``T`` by
     ``solve_ivp(method, rtol, atol)``. ``hutchinson_type``: ``"rademacher"`` or ``"gaussian"`` noise for the
-    Hutchinson-Skilling estimator (one draw from ``generator`` per call, fixed along the solve), or
-    ``"exact"`` for the exact divergence (``D`` backward passes per evaluation: small ``D`` only).
+    Hutchinson-Skilling estimator of the score's divergence (one draw from ``generator`` per call, fixed along
+    the solve), or ``"exact"`` for the exact divergence (``D`` backward passes per evaluation: small ``D`` only).
+    The drift of ``sde`` must be linear, ``f(x, t) = a(t) x`` (true of every SDE in ``sde_lib``; checked): its
+    divergence ``D a(t)`` is then exact and only the score is differentiated, one vector-Jacobian product per NFE.
     """
     return LikelihoodFn(sde, hutchinson_type=hutchinson_type, rtol=rtol, atol=atol, method=method,
                         eps=eps, offset=offset)

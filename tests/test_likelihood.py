@@ -172,6 +172,13 @@ def test_bad_inputs():
     likelihood_fn = get_likelihood_fn(sde)
     with pytest.raises(TypeError, match="sde"):
         get_likelihood_fn("vpsde")
+
+    class CubicSDE(sde_lib.VPSDE):
+        def sde(self, x, t):
+            return -x ** 3, torch.ones_like(t)
+
+    with pytest.raises(ValueError, match="linear"):
+        get_likelihood_fn(CubicSDE())(lambda x, t: -x, torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"\[B, \.\.\.\]"):
         likelihood_fn(lambda x, t: -x, torch.randn(5))
     with pytest.raises(ValueError, match=r"\[B, \.\.\.\]"):

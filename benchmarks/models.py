@@ -14,6 +14,9 @@ warm-up run:
 
 Times are given as wall time and as the process's CPU time (``time.process_time``): on a shared
 machine the wall time includes waiting for a core, the CPU time (with ``--threads 1``) does not.
+Use ``--threads 1`` when other processes share the cores: with more threads than free cores,
+OpenMP's barriers stall and a step takes many times longer. ``compile`` variants spend minutes
+(tens of minutes on 2 busy cores) in the first, untimed run; Inductor caches the kernels on disk.
 
 Variants: ``fp32`` (eager), ``bf16`` (``torch.autocast('cpu', torch.bfloat16)``),
 ``channels_last`` (fp32, ``torch.channels_last`` weights and inputs), ``channels_last+bf16``,

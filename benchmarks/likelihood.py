@@ -13,7 +13,8 @@ and out, BLAS left multi-threaded); it is this benchmark's re-implementation of 
 code itself. Its NFE counts ODE evaluations (two score calls each).
 A second table compares ``torch.autograd.grad`` with ``torch.func.vjp`` for the vector-Jacobian product.
 
-Run: ``python benchmarks/likelihood.py`` (``--quick``: 2 repeats instead of 5 and no paper-style network run; ``--threads N``: torch intra-op threads).
+Run: ``python benchmarks/likelihood.py`` (``--quick``: 2 repeats instead of 5 and no paper-style network run;
+``--threads N``: torch intra-op threads, default 1).
 """
 import argparse
 import os
@@ -114,10 +115,11 @@ def run_case(name, score_fn, sde, x, t, v, repeats, warmup, paper_style=True):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 timed repeats instead of 5, no paper-style loop for the network")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared 2-core machine two OpenMP threads "
+                             "wait on each other and every elementwise op becomes many times slower)")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     repeats, warmup = (2, 0) if args.quick else (5, 1)
 
     sde = sde_lib.VPSDE()

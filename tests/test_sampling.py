@@ -431,3 +431,11 @@ def test_step_rejects_time_of_wrong_shape():
         get_predictor("heun")
     with pytest.raises(ValueError, match="unknown corrector 'hmc'; available"):
         get_corrector("hmc")
+
+
+def test_progress_bar_does_not_change_samples():
+    sde = make_sde("vp", 30)
+    sampler = get_sampler("pc", sde=sde, shape=(4, 2))
+    a, _ = sampler(MIXTURE.score_fn(sde), generator=gen(2), progress=True)
+    b, _ = sampler(MIXTURE.score_fn(sde), generator=gen(2))
+    assert torch.equal(a, b)

@@ -90,10 +90,11 @@ def build(variant: str, batch: int, seed: int = 0):
 def vp_perturb(config, x0, noise, t):
     """x_t = alpha(t) x0 + sigma(t) eps for the VP SDE, and the labels 999 t."""
     from scoresde import sde_lib
+    from scoresde.utils import batch_broadcast
 
     sde = sde_lib.VPSDE(config.model.beta_min, config.model.beta_max, config.model.num_scales)
     mean, std = sde.marginal_prob(x0, t)
-    return mean + std[:, None, None, None] * noise, t * 999
+    return mean + batch_broadcast(std, noise) * noise, t * 999
 
 
 def run_variant(variant: str, batch: int, repeats: int) -> dict:

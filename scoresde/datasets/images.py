@@ -7,6 +7,7 @@ one ``uint8`` tensor (:class:`TensorImageDataset`); large ones are decoded per i
 loaders call :meth:`ImageDataset.get_batch` instead, which stays ``uint8`` so that the conversion to
 float happens once per batch.
 """
+import abc
 import gzip
 import io
 import os
@@ -29,12 +30,12 @@ Batch = Tuple[Tensor, Tensor]
 
 # ----------------------------------------------------------------------------- datasets
 
-class ImageDataset(Dataset):
+class ImageDataset(Dataset, abc.ABC):
     """Base class: items ``(x float32 [C,H,W] in [0,1], label int)``; subclasses give ``load_uint8``."""
 
+    @abc.abstractmethod
     def load_uint8(self, index: int) -> Tuple[Tensor, int]:
         """``(uint8 [C, H, W], label)`` of one image."""
-        raise NotImplementedError
 
     def __getitem__(self, index: int) -> Tuple[Tensor, int]:
         image, label = self.load_uint8(index)

@@ -5,6 +5,7 @@ A corrector is built as ``Corrector(sde, snr, n_steps)`` and stepped with
 The Langevin step uses the batch means of ``||z||`` and ``||s||`` as the paper's code does: a per-sample ratio is
 heavy-tailed in low dimension (a sample near a stationary point of ``log p_t`` would get an unbounded step).
 """
+import abc
 from typing import Optional, Tuple
 
 import torch
@@ -38,7 +39,7 @@ def _mean_norm(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).mean()
 
 
-class Corrector:
+class Corrector(abc.ABC):
     """Base class: ``snr`` is the signal-to-noise ratio ``r`` (sets the step), ``n_steps`` the iterations ``M``."""
 
     def __init__(self, sde: SDE, snr: float, n_steps: int):
@@ -52,15 +53,24 @@ class Corrector:
         self.snr = float(snr)
         self.n_steps = n_steps
 
+    @abc.abstractmethod
+    def update(self, score_fn: ScoreFn, x: Tensor, t: Tensor,
+               generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+        """``n_steps`` MCMC iterations at time ``t`` (``[B]``): the new ``x`` and its noise-free mean."""
+
+
+class LangevinFamily(Corrector):
+    """Langevin iterations ``x_mean = x + eps s(x, t)``, ``x = x_mean + sqrt(2 eps) z``; subclasses set ``eps``."""
+
     def alpha(self, t: Tensor, x: Tensor) -> Tensor:
         """``alpha_i = 1 - beta_i`` of the DDPM level of ``t`` for VP/subVP (Alg. 5), else ``1`` (Alg. 4); ``[B]``."""
         if isinstance(self.sde, VPSDE):
             return self.sde.alphas[self.sde.step_index(t).cpu()].to(device=x.device, dtype=x.dtype)
         return torch.ones_like(t, dtype=x.dtype)
 
+    @abc.abstractmethod
     def step_size(self, score: Tensor, noise: Tensor, x: Tensor, t: Tensor, alpha: Tensor) -> Tensor:
         """The Langevin step ``eps_i`` per sample, ``[B]``."""
-        raise NotImplementedError
 
     def update(self, score_fn: ScoreFn, x: Tensor, t: Tensor,
                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
@@ -89,7 +99,7 @@ class NoneCorrector(Corrector):
 
 
 @register_corrector("langevin")
-class LangevinCorrector(Corrector):
+class LangevinCorrector(LangevinFamily):
     """Langevin MCMC with a step set by the signal-to-noise ratio (Alg. 4 for VE, Alg. 5 for VP):
     ``eps = 2 alpha_i (r ||z|| / ||s(x, t)||)^2`` (norms averaged over the batch)."""
 
@@ -99,7 +109,7 @@ class LangevinCorrector(Corrector):
 
 
 @register_corrector("ald")
-class AnnealedLangevinCorrector(Corrector):
+class AnnealedLangevinCorrector(LangevinFamily):
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1, as the paper's ``ald`` corrector):
     ``eps = 2 alpha_i (r sigma(t))^2`` with ``sigma(t)`` the marginal std at ``t``."""
 
@@ -108,5 +118,5 @@ class AnnealedLangevinCorrector(Corrector):
         return 2.0 * alpha * (self.snr * sigma) ** 2
 
 
-__all__ = ["Corrector", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
+__all__ = ["Corrector", "LangevinFamily", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
            "register_corrector", "get_corrector", "list_correctors"]

@@ -30,6 +30,7 @@ costs one call), ``dtype``/``device`` of the prior draw. The solvers choose thei
 calls made equal ``nfe`` exactly: one call per step, Heun two (an odd budget makes its last step Euler's).
 DDIM with ``eta = 0`` and ``euler`` are the same method (Karras et al. 2022, Sec. 3), kept under both names.
 """
+import abc
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -139,9 +140,10 @@ class FastSampler(Sampler):
         x = self.solve(data, x, points, generator=generator, progress=progress)
         return data(x, points[-1]) if self.denoise else x
 
+    @abc.abstractmethod
     def solve(self, data: DataPrediction, x: Tensor, points: List[Point], *,
               generator: Optional[torch.Generator], progress: bool) -> Tensor:
-        raise NotImplementedError
+        """Integrate from ``x`` at ``points[0]`` through every point of the grid to ``points[-1]``."""
 
     @staticmethod
     def _range(n: int, progress: bool):

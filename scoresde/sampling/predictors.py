@@ -12,6 +12,7 @@ Two kinds of step:
   discretisation ``x_{i+1} = x_i + f_i(x_i) + G_i z_i`` at level ``i = sde.step_index(t)`` (DDPM for VP, SMLD for
   VE), so ``t_next`` is not used; the sampler visits the SDE's levels ``i = N-1, ..., 0``.
 """
+import abc
 from typing import Optional, Tuple
 
 import torch
@@ -45,7 +46,7 @@ def _noise(x_mean: Tensor, scale: Tensor, generator: Optional[torch.Generator]) 
     return torch.addcmul(x_mean, randn_like(x_mean, generator), batch_broadcast(scale, x_mean))
 
 
-class Predictor:
+class Predictor(abc.ABC):
     """Base class: holds the forward ``sde`` and whether to step the probability-flow ODE instead."""
 
     #: True when the step is the SDE's own discretisation (needs the SDE's level grid, ignores ``t_next``)
@@ -59,9 +60,10 @@ class Predictor:
         #: weight of the score in the reverse drift: 1 for the reverse SDE (eq. 6), 1/2 for the ODE (eq. 13)
         self.c = 0.5 if self.probability_flow else 1.0
 
+    @abc.abstractmethod
     def update(self, score_fn: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor,
                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """One step from ``t`` to ``t_next`` (both ``[B]``): the new ``x`` and its noise-free mean."""
 
 
 @register_predictor("none")

@@ -1,4 +1,5 @@
 """NCSN++ continuous (VE SDE) on CIFAR-10: the paper's ``ve/cifar10_ncsnpp_continuous``."""
+from configs.common import ncsnpp_model
 from configs.default_cifar10_configs import get_default_configs
 
 
@@ -15,30 +16,7 @@ def get_config():
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
 
-    # model
-    model = config.model
-    model.name = "ncsnpp"
-    model.scale_by_sigma = True
-    model.ema_rate = 0.999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 4
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-    model.fir = True
-    model.fir_kernel = [1, 3, 3, 1]
-    model.skip_rescale = True
-    model.resblock_type = "biggan"
-    model.progressive = "none"
-    model.progressive_input = "residual"
-    model.progressive_combine = "sum"
-    model.attention_type = "ddpm"
-    model.init_scale = 0.0
-    model.embedding_type = "fourier"
-    model.fourier_scale = 16
-    model.conv_size = 3
+    # model: the paper's network, field by field (configs/common.py)
+    config.model.update(ncsnpp_model())
 
     return config

@@ -1,4 +1,5 @@
 """DDPM++ continuous (VP SDE) on CIFAR-10: the paper's ``vp/cifar10_ddpmpp_continuous``."""
+from configs.common import ddpmpp_model
 from configs.default_cifar10_configs import get_default_configs
 
 
@@ -20,30 +21,7 @@ def get_config():
     data = config.data
     data.centered = True
 
-    # model
-    model = config.model
-    model.name = "ncsnpp"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 4
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-    model.fir = False
-    model.fir_kernel = [1, 3, 3, 1]
-    model.skip_rescale = True
-    model.resblock_type = "biggan"
-    model.progressive = "none"
-    model.progressive_input = "none"
-    model.progressive_combine = "sum"
-    model.attention_type = "ddpm"
-    model.init_scale = 0.0
-    model.embedding_type = "positional"
-    model.fourier_scale = 16
-    model.conv_size = 3
+    # model: the paper's network, field by field (configs/common.py)
+    config.model.update(ddpmpp_model())
 
     return config

@@ -3,7 +3,7 @@
 Every failure is a ``ValueError`` (or ``TypeError``) whose message names the field, e.g.
 ``config.model.resblock_type = 'resnet' is not one of ['biggan', 'ddpm']``.
 """
-from typing import Any, Iterable, List, Sequence
+from typing import Any, Iterable, List, NamedTuple, Sequence
 
 _REQUIRED = object()
 
@@ -87,3 +87,30 @@ def attn_resolutions(config, pyramid: Sequence[int]) -> List[int]:
 
 def check_num_scales(config) -> int:
     return positive_int(config, "model.num_scales")
+
+
+class UNetFields(NamedTuple):
+    """The fields every U-Net here (NCSN++/DDPM++, DDPM) reads the same way."""
+    nf: int
+    ch_mult: List[int]
+    num_res_blocks: int
+    num_resolutions: int
+    attn_levels: List[int]       # pyramid levels (0 = full resolution) that carry attention
+    dropout: float
+    resamp_with_conv: bool
+
+
+def unet_fields(config) -> UNetFields:
+    """Read and check ``model.nf``, ``ch_mult``, ``num_res_blocks``, ``attn_resolutions`` (against the
+    resolution pyramid of ``data.image_size``), ``dropout`` and ``resamp_with_conv``."""
+    nf = positive_int(config, "model.nf")
+    ch_mult = int_tuple(config, "model.ch_mult", allow_empty=False)
+    num_res_blocks = positive_int(config, "model.num_res_blocks")
+    pyramid = resolution_pyramid(config, len(ch_mult))
+    attn = attn_resolutions(config, pyramid)
+    dropout = float(field(config, "model.dropout"))
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"config.model.dropout = {dropout} must be in [0, 1)")
+    return UNetFields(nf, ch_mult, num_res_blocks, len(ch_mult),
+                      [i for i, r in enumerate(pyramid) if r in attn], dropout,
+                      bool(field(config, "model.resamp_with_conv")))

@@ -44,17 +44,9 @@ class NCSNpp(nn.Module):
     def __init__(self, config):
         super().__init__()
         m = "model."
-        self.nf = nf = cc.positive_int(config, m + "nf")
-        ch_mult = cc.int_tuple(config, m + "ch_mult", allow_empty=False)
-        self.num_res_blocks = num_res_blocks = cc.positive_int(config, m + "num_res_blocks")
-        self.num_resolutions = num_resolutions = len(ch_mult)
-        pyramid = cc.resolution_pyramid(config, num_resolutions)
-        attn_resolutions = cc.attn_resolutions(config, pyramid)
-        self.attn_levels = [i for i, r in enumerate(pyramid) if r in attn_resolutions]
-        dropout = float(cc.field(config, m + "dropout"))
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"config.model.dropout = {dropout} must be in [0, 1)")
-        resamp_with_conv = bool(cc.field(config, m + "resamp_with_conv"))
+        nf, ch_mult, num_res_blocks, num_resolutions, attn_levels, dropout, resamp_with_conv = cc.unet_fields(config)
+        self.nf, self.num_res_blocks, self.num_resolutions, self.attn_levels = (
+            nf, num_res_blocks, num_resolutions, attn_levels)
         self.conditional = conditional = bool(cc.field(config, m + "conditional"))
         fir = bool(cc.field(config, m + "fir"))
         fir_kernel = list(cc.field(config, m + "fir_kernel"))

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from .sde_lib import SDE, VESDE, VPSDE, subVPSDE
-from .utils import batch_broadcast
+from .utils import batch_broadcast, randn_like
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -51,10 +51,6 @@ def _random_steps(N: int, x: Tensor, generator: Optional[torch.Generator]) -> Te
     return torch.randint(0, N, (x.shape[0],), generator=generator, device=x.device)
 
 
-def _randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
              eps: float = 1e-5, reduce_mean: bool = False, likelihood_weighting: bool = False) -> Tensor:
     """Continuous denoising score matching (Song et al. 2021, eq. 7), per sample ``[B]``.
@@ -67,7 +63,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: Tensor, *, generator: Optional[torc
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps!r}")
     t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-    z = _randn_like(x, generator)
+    z = randn_like(x, generator)
     mean, std = sde.marginal_prob(x, t)
     std = batch_broadcast(std, x)
     score = score_fn(mean + std * z, t)
@@ -84,7 +80,7 @@ def ddpm_loss(model: Callable, vpsde: VPSDE, x: Tensor, *, generator: Optional[t
     _check_batch(x)
     _check_sde(vpsde, VPSDE, "vpsde", "DDPM")
     labels = _random_steps(vpsde.N, x, generator)
-    z = _randn_like(x, generator)
+    z = randn_like(x, generator)
     steps = labels.cpu()
     a = batch_broadcast(vpsde.sqrt_alphas_cumprod[steps].to(x.device), x)
     s = batch_broadcast(vpsde.sqrt_1m_alphas_cumprod[steps].to(x.device), x)
@@ -100,7 +96,7 @@ def smld_loss(model: Callable, vesde: VESDE, x: Tensor, *, generator: Optional[t
     _check_batch(x)
     _check_sde(vesde, VESDE, "vesde", "SMLD")
     labels = _random_steps(vesde.N, x, generator)
-    z = _randn_like(x, generator)
+    z = randn_like(x, generator)
     sigmas = torch.flip(vesde.discrete_sigmas, dims=(0,))[labels.cpu()].to(device=x.device, dtype=x.dtype)
     sigma = batch_broadcast(sigmas, x)
     out = _call_model(model, x + sigma * z, labels, class_labels)

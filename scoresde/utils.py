@@ -1,4 +1,6 @@
-"""Small helpers shared by every module: broadcasting per-sample scalars and input checks."""
+"""Small helpers shared by every module: broadcasting per-sample scalars, input checks, noise."""
+from typing import Optional
+
 import torch
 
 
@@ -21,3 +23,8 @@ def check_time(t: torch.Tensor, x: torch.Tensor, name: str = "t") -> None:
 def flat_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum over every dimension but the first: ``[B, ...] -> [B]``."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` (its device and dtype) drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -12,7 +12,7 @@ import torch
 
 from ..registry import Registry
 from ..sde_lib import SDE
-from ..utils import batch_broadcast
+from ..utils import batch_broadcast, randn_like
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -115,11 +115,6 @@ class Sampler(abc.ABC):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
         return f"{type(self).__name__}(sde={type(self.sde).__name__}, shape={self.shape}, eps={self.eps}, {opts})"
-
-
-def randn_like(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """Standard normal noise shaped like ``x`` drawn from ``generator`` (on ``x``'s device)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:

@@ -59,8 +59,8 @@ def load(path: str, map_location="cpu") -> Dict[str, Any]:
     """Load a checkpoint written by :func:`atomic_save`; ``FileNotFoundError`` names the path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    # weights_only=False: our checkpoints hold RNG states and plain Python containers we wrote ourselves
-    return torch.load(path, map_location=map_location, weights_only=False)
+    # tensors, numbers, strings and containers only: the restricted unpickler, which runs no code
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class CheckpointDir:

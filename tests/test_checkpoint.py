@@ -1,5 +1,6 @@
 """Atomic checkpoints: a kill at any moment leaves the previous file complete and loadable."""
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,6 +19,18 @@ def test_atomic_save_roundtrip_and_no_leftovers(tmp_path):
     assert state["step"] == 1 and torch.equal(state["w"], torch.arange(5))
     assert os.listdir(path.parent) == ["ckpt.pth"]
 
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_load_refuses_a_pickle_that_would_run_code(tmp_path):
+    path = str(tmp_path / "evil.pth")
+    torch.save({"step": 1, "payload": _RunsCode()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="(?i)weights only|unsupported global"):
+        checkpoint.load(path)
 
 def test_error_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pth")

@@ -124,3 +124,21 @@ def ncsnpp_model(**changes) -> dict:
                          embedding_type="fourier")
     model.update(changes)
     return model
+
+
+def vp_ddpmpp_continuous(config: ml_collections.ConfigDict, **model_changes) -> ml_collections.ConfigDict:
+    """The paper's VP set-up on ``config``, in place: VP SDE, continuous DSM loss averaged over dimensions,
+    ``pc`` sampling with Euler-Maruyama and no corrector, the DDPM++ network with ``model_changes``."""
+    config.training.update(dict(sde="vpsde", continuous=True, reduce_mean=True))
+    config.sampling.update(dict(method="pc", predictor="euler_maruyama", corrector="none"))
+    config.model.update(ddpmpp_model(**model_changes))
+    return config
+
+
+def ve_ncsnpp(config: ml_collections.ConfigDict, *, continuous: bool = True, **model_changes) -> ml_collections.ConfigDict:
+    """The paper's VE set-up on ``config``, in place: VE SDE, ``pc`` sampling with reverse diffusion and
+    Langevin, the NCSN++ network with ``model_changes``."""
+    config.training.update(dict(sde="vesde", continuous=continuous))
+    config.sampling.update(dict(method="pc", predictor="reverse_diffusion", corrector="langevin"))
+    config.model.update(ncsnpp_model(**model_changes))
+    return config

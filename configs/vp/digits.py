@@ -1,20 +1,12 @@
 """The first run: a small DDPM++ (VP SDE, continuous) on scikit-learn's digits at 16x16, trained in a
 few minutes on two CPU cores (``scripts/quickstart.sh``)."""
-from configs.common import ddpmpp_model
+from configs.common import vp_ddpmpp_continuous
 from configs.default_digits_configs import get_default_configs
 
 
 def get_config():
     config = get_default_configs()
-    training = config.training
-    training.sde = "vpsde"
-    training.continuous = True
-    training.reduce_mean = True
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "euler_maruyama"
-    sampling.corrector = "none"
-    sampling.options.pc.N = 200  # 200 Euler-Maruyama steps for the grids instead of the SDE's 1000
-    config.model.update(ddpmpp_model(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                                     resblock_type="ddpm", dropout=0.0, ema_rate=0.999))
+    config.sampling.options.pc.N = 200  # 200 Euler-Maruyama steps for the grids instead of the SDE's 1000
+    vp_ddpmpp_continuous(config, nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                         resblock_type="ddpm", dropout=0.0, ema_rate=0.999)
     return config

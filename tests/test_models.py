@@ -18,13 +18,7 @@ from scoresde.models import (count_parameters, create_model, get_model, get_scor
                              list_models, layers)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks run fastest on one thread (and do not stall when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the released networks' sizes (the paper's PyTorch code)
 PARAMETER_COUNTS = {

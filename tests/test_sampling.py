@@ -7,15 +7,8 @@ import torch
 from scoresde import analytic, sde_lib
 from scoresde.sampling import (get_corrector, get_predictor, get_sampler, list_correctors, list_predictors,
                                list_samplers)
-from scoresde.sampling.pc import PCSampler
 
-# the mixture runs are small elementwise workloads: one thread avoids spinning on 2 shared cores
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_sde(name, N=1000):

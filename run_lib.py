@@ -25,6 +25,7 @@ import scoresde.models.mlp  # noqa: F401  (registers the "mlp" network)
 from scoresde import checkpoint, datasets, distributed, likelihood, losses, sde_lib
 from scoresde.datasets.loader import step_seed
 from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn, load_original_checkpoint
+from scoresde.models.common import null_label
 from scoresde.models.mlp import sample_shape
 from scoresde.sampling import get_sampler
 from scoresde.sampling.base import SAMPLERS
@@ -77,6 +78,12 @@ def check_config(config) -> None:
         raise _fail("eval.metrics", tuple(config.eval.metrics), f"unknown {unknown}; available: {list(METRICS)}")
     if config.eval.enable_bpd and config.data.dataset == "TOY":
         raise _fail("eval.enable_bpd", True, "bits/dim is defined for 8-bit images, not the 2-D toys")
+    dropout = config.training.label_dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise _fail("training.label_dropout", dropout, "must be a probability in [0, 1)")
+    if dropout > 0 and not config.model.get("num_classes"):
+        raise _fail("training.label_dropout", dropout, "label dropout needs a class-conditional network: "
+                    "set model.num_classes")
     if config.data.dataset not in datasets.DATASETS:
         raise _fail("data.dataset", config.data.dataset, f"unknown; available: {', '.join(datasets.DATASETS.list())}")
 
@@ -204,11 +211,17 @@ def make_loss_fn(run: Run, train: bool):
                               likelihood_weighting=t.likelihood_weighting)
 
 
-def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
+def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torch.Generator,
+               label_dropout: float = 0.0) -> torch.Tensor:
     """``loss_fn`` on a data batch ``(x in [0, 1], labels)``: scaled to the model's range, moved to the
-    device, under the configured autocast; labels are passed to class-conditional networks only."""
+    device, under the configured autocast; labels are passed to class-conditional networks only, each
+    replaced by the null label with probability ``label_dropout`` (drawn from ``generator``)."""
     x, labels = batch
-    class_labels = labels.to(run.device) if run.config.model.get("num_classes") else None
+    num_classes = run.config.model.get("num_classes")
+    class_labels = None
+    if num_classes:
+        class_labels = losses.drop_labels(labels.to(run.device), label_dropout, null_label(num_classes),
+                                          generator=generator)
     with _autocast(run):
         return loss_fn(model, run.scaler(x.to(run.device, non_blocking=True)), generator=generator,
                        class_labels=class_labels)
@@ -289,7 +302,8 @@ def train_step(run: Run, model: torch.nn.Module, loss_fn, batch, step: int) -> t
     config, optimizer = run.config, run.optimizer
     torch.manual_seed(step_seed(config.seed, run.dist.rank, step, _GLOBAL))  # dropout
     optimizer.zero_grad(set_to_none=True)
-    loss = batch_loss(run, loss_fn, model, batch, _generator(run.device, config.seed, run.dist.rank, step, _LOSS))
+    loss = batch_loss(run, loss_fn, model, batch, _generator(run.device, config.seed, run.dist.rank, step, _LOSS),
+                      label_dropout=config.training.label_dropout)
     finite = distributed.mean_over_ranks(torch.isfinite(loss.detach()).float(), run.dist)
     if finite.item() < 1:
         raise NonFiniteLoss(f"the training loss is {loss.item()} at step {step + 1}; stopping. The last good "

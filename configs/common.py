@@ -67,6 +67,10 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     training.checkpoint_freq = training.get_ref("snapshot_freq")
     training.mixed_precision = "no"      # 'no', 'bf16' or 'fp16' (torch.autocast; fp16 with a GradScaler)
     training.snapshot_num_samples = 64   # samples in the grid PNG written every snapshot_freq
+    # class-conditional networks (model.num_classes = K): probability of training a batch row on the
+    # null label K instead of its own, so one network also learns the unconditional score (for
+    # classifier-free guidance)
+    training.label_dropout = 0.0
 
     config.optim.beta2 = 0.999
 

@@ -103,6 +103,19 @@ def smld_loss(model: Callable, vesde: VESDE, x: Tensor, *, generator: Optional[t
     return reduce_per_sample(torch.square(out + z / sigma), reduce_mean) * sigmas ** 2
 
 
+def drop_labels(class_labels: Tensor, p: float, null_label: int, *,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """Label dropout for classifier-free guidance (Ho & Salimans 2021): each label of ``class_labels``
+    [B] is replaced by ``null_label`` with probability ``p`` (one uniform draw per row from
+    ``generator``; nothing is drawn when ``p == 0``, so a run without dropout keeps its random stream)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"the label dropout probability must be in [0, 1), got {p!r}")
+    if p == 0:
+        return class_labels
+    drop = torch.rand(class_labels.shape, generator=generator, device=class_labels.device) < p
+    return torch.where(drop, torch.full_like(class_labels, null_label), class_labels)
+
+
 class LossFn:
     """``loss_fn(model, batch, *, generator=None, class_labels=None) -> scalar``: the batch mean of the
     continuous DSM loss (through ``scoresde.models.get_score_fn``) or of the discrete DDPM / SMLD loss.
@@ -250,5 +263,5 @@ def get_step_fn(sde: SDE, *, train: bool, continuous: bool = True, reduce_mean: 
     return StepFn(loss_fn, lr=lr, warmup=warmup, grad_clip=grad_clip)
 
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "reduce_per_sample", "LossFn", "get_loss_fn",
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "reduce_per_sample", "drop_labels", "LossFn", "get_loss_fn",
            "warmup_lr", "optimization_step", "ema_weights", "StepFn", "get_step_fn"]

@@ -196,6 +196,29 @@ def test_loss_fn_discrete_picks_ddpm_or_smld(sde_cls, expected):
     assert model.seen_labels.dtype == torch.int64
 
 
+def test_label_dropout_replaces_each_label_with_probability_p():
+    labels = torch.arange(200_000) % 7
+    p = 0.2
+    dropped = losses.drop_labels(labels, p, 7, generator=torch.Generator().manual_seed(0))
+    is_null = dropped == 7
+    # binomial count: within 4 standard deviations of n p
+    n = labels.numel()
+    assert abs(is_null.sum().item() - n * p) < 4 * math.sqrt(n * p * (1 - p))
+    assert torch.equal(dropped[~is_null], labels[~is_null])  # the others keep their own label
+    for c in range(7):  # independent of the class
+        share = is_null[labels == c].float().mean().item()
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / (n / 7))
+    again = losses.drop_labels(labels, p, 7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, dropped)  # the generator decides everything
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state()
+    assert losses.drop_labels(labels, 0.0, 7, generator=generator) is labels
+    assert torch.equal(generator.get_state(), state)  # p = 0 draws nothing: the loss's stream is unchanged
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label dropout probability"):
+            losses.drop_labels(labels, bad, 7)
+
+
 def test_bad_combinations_are_named():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="continuous"):

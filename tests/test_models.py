@@ -214,6 +214,31 @@ def test_class_conditioning():
         unconditional(x, torch.zeros(2), torch.tensor([1, 2]))
 
 
+@pytest.mark.parametrize("name", ["vp.cifar10", "vp.ddpm.cifar10", "ve.ncsnv2.cifar10", "vp.toy"])
+def test_null_label_is_accepted_and_labels_out_of_range_are_refused(name):
+    """K classes: labels 0..K-1 and the null label K (an extra embedding row, for label dropout and
+    classifier-free guidance); anything else is an error naming class_labels and the range."""
+    import scoresde.models.mlp  # noqa: F401  (registers the toy network)
+    config = load_config(name) if name == "vp.toy" else tiny(load_config(name))
+    config.model.num_classes = 4
+    model = create_model(config).eval()
+    assert model.label_embed.embedding.num_embeddings == 5
+    x = torch.rand(2, 2) if name == "vp.toy" else torch.rand(2, 3, 32, 32)
+    labels = torch.full((2,), 0.5) if name == "vp.toy" else noise_labels_for(config, 2)
+    with torch.no_grad():
+        model.label_embed.embedding.weight.normal_()
+        if name == "vp.toy":
+            model.out.weight.normal_()  # zero-initialised output layer
+        null = model(x, labels, torch.tensor([4, 4]))
+        real = model(x, labels, torch.tensor([3, 3]))
+    assert null.shape == x.shape and not torch.equal(null, real)
+    for bad in ([5, 0], [0, -1]):
+        with pytest.raises(ValueError, match=r"class_labels must be in \[0, 4\]"):
+            model(x, labels, torch.tensor(bad))
+    with pytest.raises(ValueError, match="class_labels must be an integer tensor"):
+        model(x, labels, torch.tensor([1.0, 2.0]))
+
+
 # ----------------------------------------------------------------------------- config errors
 BAD_CONFIGS = [
     ("ve.cifar10", "model.resblock_type", "resnet", "model.resblock_type"),

@@ -78,6 +78,21 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(trained, tmp_path):
     assert run_lib.train(tiny_config(), str(tmp_path)) == []  # finished: nothing left to do
 
 
+def test_label_dropout_trains_the_null_label_and_resumes_exactly(tmp_path):
+    changes = {"model.num_classes": 10, "training.label_dropout": 0.5, "training.snapshot_sampling": False}
+    whole = run_lib.train(tiny_config(**changes), str(tmp_path / "whole"))
+    first = run_lib.train(tiny_config(**changes, **{"training.n_iters": 3}), str(tmp_path / "parts"))
+    second = run_lib.train(tiny_config(**changes), str(tmp_path / "parts"))
+    assert first + second == whole  # the dropout draws come from each step's own loss generator
+    a = _weights(str(tmp_path / "whole" / "checkpoints" / "checkpoint_2.pth"))
+    b = _weights(str(tmp_path / "parts" / "checkpoints" / "checkpoint_2.pth"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    embedding = a["label_embed.embedding.weight"]
+    assert embedding.shape[0] == 11 and embedding[10].abs().sum() > 0  # the null label was trained
+    no_dropout = run_lib.train(tiny_config(**{**changes, "training.label_dropout": 0.0}), str(tmp_path / "none"))
+    assert no_dropout != whole
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(**{"training.n_iters": 4, "training.snapshot_sampling": False})
     real_save = torch.save
@@ -172,6 +187,9 @@ def test_sample_mode_with_any_sampler(trained, sampler, options):
     ({"training.mixed_precision": "fp8"}, "config.training.mixed_precision"),
     ({"eval.metrics": ("fid", "precision")}, "config.eval.metrics"),
     ({"training.snapshot_freq": 0}, "config.training.snapshot_freq"),
+    ({"training.label_dropout": 1.0}, "config.training.label_dropout"),
+    ({"training.label_dropout": -0.1}, "config.training.label_dropout"),
+    ({"training.label_dropout": 0.1}, "config.training.label_dropout"),  # without model.num_classes
 ])
 def test_bad_configs_fail_at_start_naming_the_field(tmp_path, changes, match):
     with pytest.raises(ValueError, match=match.replace(".", r"\.")):

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from scoresde.models import config_checks as cc
 from scoresde.models import layers, register_model
-from scoresde.models.common import LabelEmbedding, sigmas_from_config
+from scoresde.models.common import LabelEmbedding, check_class_labels, sigmas_from_config
 from scoresde.utils import batch_broadcast
 
 
@@ -72,10 +72,8 @@ class MLPScore(nn.Module):
         else:
             temb = layers.timestep_embedding(noise_labels, 2 * (self.nf // 2))
         temb = self.embed(temb.to(x.dtype))
+        check_class_labels(class_labels, x.shape[0], self.num_classes)
         if self.num_classes:
-            if class_labels is None:
-                raise ValueError(f"this network is class-conditional (num_classes={self.num_classes}): "
-                                 "pass class_labels of shape [B]")
             temb = temb + self.label_embed(class_labels)
         h = x.reshape(x.shape[0], -1)
         if not self.centered:

@@ -33,6 +33,7 @@ from scoresde.sampling.base import SAMPLERS
 log = logging.getLogger("scoresde")
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OBJECTIVES = ("score", "classifier")  # training.objective: a score network, or a noise-conditional classifier
 METRICS = ("fid", "is", "kid")
 # streams of derived seeds, so that no two uses of one (seed, rank, step) share random numbers
 _GLOBAL, _LOSS, _SAMPLES, _EVAL_LOSS, _BPD = 1, 2, 3, 4, 5
@@ -78,14 +79,24 @@ def check_config(config) -> None:
         raise _fail("eval.metrics", tuple(config.eval.metrics), f"unknown {unknown}; available: {list(METRICS)}")
     if config.eval.enable_bpd and config.data.dataset == "TOY":
         raise _fail("eval.enable_bpd", True, "bits/dim is defined for 8-bit images, not the 2-D toys")
+    if config.training.objective not in OBJECTIVES:
+        raise _fail("training.objective", config.training.objective, f"must be one of {list(OBJECTIVES)}")
     dropout = config.training.label_dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise _fail("training.label_dropout", dropout, "must be a probability in [0, 1)")
     if dropout > 0 and not config.model.get("num_classes"):
         raise _fail("training.label_dropout", dropout, "label dropout needs a class-conditional network: "
                     "set model.num_classes")
+    if dropout > 0 and config.training.objective == "classifier":
+        raise _fail("training.label_dropout", dropout, "a classifier's labels are its targets; label dropout "
+                    "is for class-conditional score networks")
     if config.data.dataset not in datasets.DATASETS:
         raise _fail("data.dataset", config.data.dataset, f"unknown; available: {', '.join(datasets.DATASETS.list())}")
+
+
+def is_classifier(config) -> bool:
+    """Whether the run trains a noise-conditional classifier (``training.objective = 'classifier'``)."""
+    return config.training.objective == "classifier"
 
 
 def get_sde(config) -> sde_lib.SDE:
@@ -161,6 +172,11 @@ def setup(config, workdir: str) -> Run:
     seed_everything(config.seed)
     sde = get_sde(config)
     model = create_model(config).to(info.device)
+    if is_classifier(config) != bool(getattr(model, "is_classifier", False)):
+        raise _fail("training.objective", config.training.objective,
+                    f"does not match config.model.name = {config.model.name!r}: "
+                    + ("train a noise-conditional classifier (model.name = 'classifier')" if is_classifier(config)
+                       else "a classifier network trains with training.objective = 'classifier'"))
     optim = config.optim
     optimizer_cls = torch.optim.AdamW if optim.optimizer == "AdamW" else torch.optim.Adam
     optimizer = optimizer_cls(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
@@ -206,25 +222,30 @@ def _autocast(run: Run):
 
 def make_loss_fn(run: Run, train: bool):
     t = run.config.training
+    if is_classifier(run.config):
+        return losses.get_classifier_loss_fn(run.sde, train=train, continuous=t.continuous)
     # the loss's own eps (1e-5, the paper's) for every SDE; sampling stops at the SDE's default_eps
     return losses.get_loss_fn(run.sde, train=train, continuous=t.continuous, reduce_mean=t.reduce_mean,
                               likelihood_weighting=t.likelihood_weighting)
 
 
 def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torch.Generator,
-               label_dropout: float = 0.0) -> torch.Tensor:
+               label_dropout: float = 0.0, metrics: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
     """``loss_fn`` on a data batch ``(x in [0, 1], labels)``: scaled to the model's range, moved to the
-    device, under the configured autocast; labels are passed to class-conditional networks only, each
-    replaced by the null label with probability ``label_dropout`` (drawn from ``generator``)."""
+    device, under the configured autocast. Labels are a classifier's targets; a class-conditional score
+    network gets them each replaced by the null label with probability ``label_dropout`` (drawn from
+    ``generator``); an unconditional one does not get them. ``metrics``: see ``losses.ClassifierLossFn``."""
     x, labels = batch
     num_classes = run.config.model.get("num_classes")
     class_labels = None
-    if num_classes:
+    if is_classifier(run.config):
+        class_labels = labels.to(run.device)
+    elif num_classes:
         class_labels = losses.drop_labels(labels.to(run.device), label_dropout, null_label(num_classes),
                                           generator=generator)
     with _autocast(run):
         return loss_fn(model, run.scaler(x.to(run.device, non_blocking=True)), generator=generator,
-                       class_labels=class_labels)
+                       class_labels=class_labels, metrics=metrics)
 
 
 # ----------------------------------------------------------------------------- images out
@@ -296,14 +317,16 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def train_step(run: Run, model: torch.nn.Module, loss_fn, batch, step: int) -> torch.Tensor:
+def train_step(run: Run, model: torch.nn.Module, loss_fn, batch, step: int,
+               metrics: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
     """Update number ``step + 1``: loss, backward, ``losses.optimization_step`` (warm-up, clipping, Adam),
-    EMA. Raises :class:`NonFiniteLoss` (before any update) on a NaN/inf loss."""
+    EMA. Raises :class:`NonFiniteLoss` (before any update) on a NaN/inf loss. ``metrics`` (a dict) gets the
+    loss's further scalars (a classifier's accuracy)."""
     config, optimizer = run.config, run.optimizer
     torch.manual_seed(step_seed(config.seed, run.dist.rank, step, _GLOBAL))  # dropout
     optimizer.zero_grad(set_to_none=True)
     loss = batch_loss(run, loss_fn, model, batch, _generator(run.device, config.seed, run.dist.rank, step, _LOSS),
-                      label_dropout=config.training.label_dropout)
+                      label_dropout=config.training.label_dropout, metrics=metrics)
     finite = distributed.mean_over_ranks(torch.isfinite(loss.detach()).float(), run.dist)
     if finite.item() < 1:
         raise NonFiniteLoss(f"the training loss is {loss.item()} at step {step + 1}; stopping. The last good "
@@ -341,15 +364,15 @@ class TrainLog:
         self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self.jsonl.flush()
 
-    def progress(self, step: int, loss: float) -> None:
+    def progress(self, step: int, loss: float, **extra: float) -> None:
         if not self.enabled:
             return
         now = time.time()
         rate = (step - self.last_step) * self.images_per_step / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{loss:.4g}", img_per_s=f"{rate:.1f}")
-        self.scalars(step, loss=loss, images_per_second=rate)
+        self.bar.set_postfix(loss=f"{loss:.4g}", **{k: f"{v:.3g}" for k, v in extra.items()}, img_per_s=f"{rate:.1f}")
+        self.scalars(step, loss=loss, **extra, images_per_second=rate)
 
     def close(self) -> None:
         self.bar.close()
@@ -371,12 +394,16 @@ def save_training_state(run: Run, numbered: bool) -> None:
 def snapshot_samples(run: Run) -> Optional[str]:
     """The grid PNG of samples with the EMA weights, ``<workdir>/samples/iter_<step>.png`` (rank 0)."""
     config = run.config
-    if not (run.dist.is_main and config.training.snapshot_sampling):
+    if not (run.dist.is_main and config.training.snapshot_sampling) or is_classifier(config):
         return None
     num = config.training.snapshot_num_samples
     with losses.ema_weights(run.ema, run.model):
         x, _ = draw_samples(run, num, num, (config.seed, run.step, _SAMPLES))
     return save_samples(x, os.path.join(run.workdir, "samples", f"iter_{run.step}"))
+
+
+def _over_ranks(run: Run, value: torch.Tensor) -> float:
+    return distributed.mean_over_ranks(value.float(), run.dist).item()
 
 
 def train(config, workdir: str) -> List[float]:
@@ -404,16 +431,20 @@ def train(config, workdir: str) -> List[float]:
     history = []
     try:
         while run.step < t.n_iters:
-            loss = train_step(run, model, train_loss, next(train_iter), run.step)
+            metrics = {}
+            loss = train_step(run, model, train_loss, next(train_iter), run.step, metrics=metrics)
             run.step += 1
             history.append(loss.item())
             if run.step % t.log_freq == 0 or run.step == t.n_iters:
-                logger.progress(run.step, distributed.mean_over_ranks(loss, run.dist).item())
+                logger.progress(run.step, _over_ranks(run, loss), **{k: _over_ranks(run, v) for k, v in metrics.items()})
             if run.step % t.eval_freq == 0:  # the paper's eval loss: one test batch, EMA weights
+                metrics = {}
                 with losses.ema_weights(run.ema, run.model):
                     value = batch_loss(run, eval_loss, run.model, next(eval_iter),
-                                       _generator(run.device, config.seed, run.dist.rank, run.step, _EVAL_LOSS))
-                logger.scalars(run.step, eval_loss=distributed.mean_over_ranks(value.float(), run.dist).item())
+                                       _generator(run.device, config.seed, run.dist.rank, run.step, _EVAL_LOSS),
+                                       metrics=metrics)
+                logger.scalars(run.step, eval_loss=_over_ranks(run, value),
+                               **{f"eval_{k}": _over_ranks(run, v) for k, v in metrics.items()})
             # numbered checkpoints only at multiples of snapshot_freq (n = step // snapshot_freq, never
             # overwritten); the final state of a run always goes to the meta checkpoint
             snapshot = run.step % t.snapshot_freq == 0
@@ -462,15 +493,19 @@ def _test_batches(run: Run, raw: bool = False) -> Iterable:
 
 
 def eval_loss(run: Run) -> Dict[str, float]:
-    """The loss of the (EMA) network over the whole test split."""
+    """The loss of the (EMA) network over the whole test split (and a classifier's accuracy on it, at
+    the random noise levels of the loss)."""
     loss_fn = make_loss_fn(run, train=False)
-    total, count = 0.0, 0
+    totals, count = {}, 0
     with torch.no_grad():
         for i, batch in enumerate(_test_batches(run)):
-            value = batch_loss(run, loss_fn, run.model, batch, _generator(run.device, run.config.seed, i, _EVAL_LOSS))
-            total += value.item() * batch[0].shape[0]
+            metrics = {}
+            metrics["loss"] = batch_loss(run, loss_fn, run.model, batch,
+                                         _generator(run.device, run.config.seed, i, _EVAL_LOSS), metrics=metrics)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value.item() * batch[0].shape[0]
             count += batch[0].shape[0]
-    return {"loss": total / count, "num_examples": count}
+    return {**{key: total / count for key, total in totals.items()}, "num_examples": count}
 
 
 def eval_bpd(run: Run) -> Dict[str, Any]:
@@ -563,9 +598,11 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
             log.warning("checkpoint %s does not exist; skipped", path)
             continue
         results = EvalResults(os.path.join(folder, f"ckpt_{n}.json"))
-        todo = [part for part, on in (("loss", e.enable_loss), ("bpd", e.enable_bpd),
-                                      ("samples", e.enable_sampling),
-                                      ("metrics", e.enable_sampling and bool(e.metrics))) if on and part not in results]
+        generative = not is_classifier(config)  # a classifier has a loss and an accuracy only
+        todo = [part for part, on in (("loss", e.enable_loss), ("bpd", e.enable_bpd and generative),
+                                      ("samples", e.enable_sampling and generative),
+                                      ("metrics", e.enable_sampling and bool(e.metrics) and generative))
+                if on and part not in results]
         if not todo:
             log.info("checkpoint %d: already evaluated (%s)", n, results.path)
             out[n] = results.data
@@ -591,6 +628,10 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
 def sample(config, workdir: str) -> str:
     """``sampling.num_samples`` samples from checkpoint ``sampling.ckpt`` (0: the newest state), or from
     ``sampling.original_checkpoint`` (a file released with the paper's code), with the configured sampler, as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem."""
+    if is_classifier(config):
+        raise _fail("training.objective", "classifier", "a classifier draws no samples; use it for classifier "
+                    "guidance of a score model: --config.sampling.guidance=classifier "
+                    "--config.sampling.classifier_workdir=<this workdir>")
     run = setup(config, workdir)
     s = config.sampling
     if s.original_checkpoint:  # a checkpoint released with the paper's PyTorch code

@@ -71,6 +71,9 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     # null label K instead of its own, so one network also learns the unconditional score (for
     # classifier-free guidance)
     training.label_dropout = 0.0
+    # 'score': a score network (denoising score matching); 'classifier': a noise-conditional classifier
+    # (model.name = 'classifier', cross-entropy on noised data) for classifier guidance
+    training.objective = "score"
 
     config.optim.beta2 = 0.999
 

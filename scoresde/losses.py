@@ -1,4 +1,5 @@
-"""Training objectives (continuous DSM, discrete DDPM and SMLD) and the optimisation step.
+"""Training objectives (continuous DSM, discrete DDPM and SMLD; the cross-entropy of noise-conditional
+classifiers; label dropout) and the optimisation step.
 
 The one convention
 ------------------
@@ -15,7 +16,7 @@ The one convention
 """
 import contextlib
 import math
-from typing import Callable, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -51,6 +52,20 @@ def _random_steps(N: int, x: Tensor, generator: Optional[torch.Generator]) -> Te
     return torch.randint(0, N, (x.shape[0],), generator=generator, device=x.device)
 
 
+def perturb(sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
+            eps: float = 1e-5) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Noise a batch by the forward SDE at random times: ``t ~ U(eps, T)`` [B], then ``z ~ N(0, I)``,
+    ``x_t = alpha(t) x + sigma(t) z``. Returns ``(x_t, t, z, sigma(t))`` with ``sigma`` broadcast like ``x``."""
+    _check_batch(x)
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps!r}")
+    t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+    z = randn_like(x, generator)
+    mean, std = sde.marginal_prob(x, t)
+    std = batch_broadcast(std, x)
+    return mean + std * z, t, z, std
+
+
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
              eps: float = 1e-5, reduce_mean: bool = False, likelihood_weighting: bool = False) -> Tensor:
     """Continuous denoising score matching (Song et al. 2021, eq. 7), per sample ``[B]``.
@@ -59,14 +74,8 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: Tensor, *, generator: Optional[torc
     the loss is ``||sigma s(x_t, t) + z||^2``, with likelihood weighting ``lambda(t) = g(t)^2``
     (Song et al. 2021b) it is ``g(t)^2 ||s(x_t, t) + z / sigma||^2``; both reduced by :func:`reduce_per_sample`.
     """
-    _check_batch(x)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps!r}")
-    t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-    z = randn_like(x, generator)
-    mean, std = sde.marginal_prob(x, t)
-    std = batch_broadcast(std, x)
-    score = score_fn(mean + std * z, t)
+    x_t, t, z, std = perturb(sde, x, generator=generator, eps=eps)
+    score = score_fn(x_t, t)
     if likelihood_weighting:
         g2 = sde.sde(x, t)[1] ** 2
         return reduce_per_sample(torch.square(score + z / std), reduce_mean) * g2
@@ -101,6 +110,26 @@ def smld_loss(model: Callable, vesde: VESDE, x: Tensor, *, generator: Optional[t
     sigma = batch_broadcast(sigmas, x)
     out = _call_model(model, x + sigma * z, labels, class_labels)
     return reduce_per_sample(torch.square(out + z / sigma), reduce_mean) * sigmas ** 2
+
+
+def classifier_loss(classifier_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tensor, labels: Tensor, *,
+                    generator: Optional[torch.Generator] = None, eps: float = 1e-5,
+                    metrics: Optional[Dict[str, Tensor]] = None) -> Tensor:
+    """Cross-entropy of a noise-conditional classifier on noised data, per sample ``[B]``:
+    ``t ~ U(eps, T)``, ``x_t = alpha(t) x + sigma(t) z`` (:func:`perturb`), ``-log softmax(classifier_fn(x_t, t))[y]``.
+    Minimised, ``classifier_fn(x, t)`` estimates ``log p_t(y | x)`` (up to a constant in ``y``), the classifier
+    that classifier guidance needs at every time. When ``metrics`` is a dict, ``metrics['accuracy']`` gets the
+    share of rows whose largest logit is the label (detached)."""
+    if not torch.is_tensor(labels) or labels.shape != x.shape[:1] or labels.is_floating_point():
+        raise ValueError(f"labels must be an integer tensor of shape [B] = [{x.shape[0]}], got "
+                         f"{tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__}")
+    x_t, t, _, _ = perturb(sde, x, generator=generator, eps=eps)
+    logits = classifier_fn(x_t, t)
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"classifier_fn must return logits of shape [B, K] = [{x.shape[0]}, K], got {tuple(logits.shape)}")
+    if metrics is not None:
+        metrics["accuracy"] = (logits.detach().argmax(dim=1) == labels).float().mean()
+    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
 
 
 def drop_labels(class_labels: Tensor, p: float, null_label: int, *,
@@ -154,7 +183,9 @@ class LossFn:
                         class_labels=class_labels)
 
     def __call__(self, model: Callable, batch: Tensor, *, generator: Optional[torch.Generator] = None,
-                 class_labels: Optional[Tensor] = None) -> Tensor:
+                 class_labels: Optional[Tensor] = None, metrics: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        """The batch mean; ``metrics`` (a dict to fill with further scalars) is accepted for the calling
+        convention of :class:`ClassifierLossFn` and left empty."""
         if isinstance(model, torch.nn.Module):
             model.train(self.train)
         with contextlib.nullcontext() if self.train else torch.no_grad():
@@ -165,12 +196,47 @@ class LossFn:
                 f"reduce_mean={self.reduce_mean}, likelihood_weighting={self.likelihood_weighting}, eps={self.eps})")
 
 
+class ClassifierLossFn:
+    """``loss_fn(model, batch, *, generator=None, class_labels, metrics=None) -> scalar``: the batch mean of
+    :func:`classifier_loss` for a noise-conditional classifier ``model(x, noise_labels) -> logits``
+    (through ``scoresde.models.get_classifier_fn``); ``class_labels`` are the targets. The calling convention
+    of :class:`LossFn`, so the training loop, checkpoints and EMA serve both."""
+
+    def __init__(self, sde: SDE, *, train: bool, continuous: bool = True, eps: float = 1e-5):
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an scoresde.sde_lib.SDE, got {type(sde).__name__}")
+        if not 0 < eps < sde.T:
+            raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps!r}")
+        self.sde, self.train, self.continuous, self.eps = sde, bool(train), bool(continuous), float(eps)
+
+    def __call__(self, model: Callable, batch: Tensor, *, generator: Optional[torch.Generator] = None,
+                 class_labels: Optional[Tensor] = None, metrics: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        from .models import get_classifier_fn  # lazy, as in LossFn
+        if class_labels is None:
+            raise ValueError("the classifier loss needs the labels: pass class_labels")
+        if isinstance(model, torch.nn.Module):
+            model.train(self.train)
+        classifier_fn = get_classifier_fn(self.sde, model, continuous=self.continuous, train=None)
+        with contextlib.nullcontext() if self.train else torch.no_grad():
+            return classifier_loss(classifier_fn, self.sde, batch, class_labels, generator=generator, eps=self.eps,
+                                   metrics=metrics).mean()
+
+    def __repr__(self) -> str:
+        return f"ClassifierLossFn(sde={type(self.sde).__name__}, train={self.train}, continuous={self.continuous}, eps={self.eps})"
+
+
 def get_loss_fn(sde: SDE, *, train: bool, continuous: bool = True, reduce_mean: bool = False,
                 likelihood_weighting: bool = False, eps: float = 1e-5) -> LossFn:
     """The training (``train=True``) or evaluation loss for ``sde``: continuous DSM, or with
     ``continuous=False`` the DDPM loss (``VPSDE``) or the SMLD loss (``VESDE``). See :class:`LossFn`."""
     return LossFn(sde, train=train, continuous=continuous, reduce_mean=reduce_mean,
                   likelihood_weighting=likelihood_weighting, eps=eps)
+
+
+def get_classifier_loss_fn(sde: SDE, *, train: bool, continuous: bool = True, eps: float = 1e-5) -> ClassifierLossFn:
+    """The training (``train=True``) or evaluation cross-entropy of a noise-conditional classifier for ``sde``
+    (see :class:`ClassifierLossFn`); ``continuous`` picks the noise-label convention, as for score networks."""
+    return ClassifierLossFn(sde, train=train, continuous=continuous, eps=eps)
 
 
 # -- the optimisation step --------------------------------------------------------------------------------
@@ -263,5 +329,6 @@ def get_step_fn(sde: SDE, *, train: bool, continuous: bool = True, reduce_mean: 
     return StepFn(loss_fn, lr=lr, warmup=warmup, grad_clip=grad_clip)
 
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "reduce_per_sample", "drop_labels", "LossFn", "get_loss_fn",
+__all__ = ["perturb", "dsm_loss", "ddpm_loss", "smld_loss", "reduce_per_sample", "classifier_loss", "drop_labels",
+           "LossFn", "ClassifierLossFn", "get_classifier_loss_fn", "get_loss_fn",
            "warmup_lr", "optimization_step", "ema_weights", "StepFn", "get_step_fn"]

@@ -52,6 +52,21 @@ def test_digits_train_resume_eval_sample(tmp_path):
     assert np.load(npz)["samples"].shape == (3, 16, 16, 1)
 
 
+def test_classifier_train_resume_eval(tmp_path):
+    pytest.importorskip("sklearn")
+    run = ["--config", "configs/vp/digits_classifier.py", "--workdir", str(tmp_path), *TINY]
+    main(*run, "--config.training.n_iters=1")
+    out = main(*run, "--config.training.n_iters=2")  # the same command, further: resumes
+    assert "resuming at step 1" in out.stderr
+    with open(tmp_path / "train_log.jsonl") as f:
+        records = [json.loads(line) for line in f if '"loss"' in line]
+    assert [r["step"] for r in records] == [1, 2] and all(0 <= r["accuracy"] <= 1 for r in records)
+    main(*run, "--mode=eval")
+    with open(tmp_path / "eval" / "ckpt_1.json") as f:
+        result = json.load(f)
+    assert result["step"] == 2 and 0 <= result["loss"]["accuracy"] <= 1 and "bpd" not in result
+
+
 def write_cifar_archive(root, n_train_per_batch=4, n_test=8):
     """A CIFAR-10 python archive in the official layout: pickled dicts with b'data' (N x 3072 uint8,
     R then G then B planes) and b'labels', under cifar-10-batches-py/ in a .tar.gz."""

@@ -31,6 +31,23 @@ from scoresde.utils import batch_broadcast, check_time
 CONTINUOUS_TIME_SCALE = 999.0
 
 
+def check_sde(sde: sde_lib.SDE, what: str = "get_score_fn") -> None:
+    if not isinstance(sde, (sde_lib.VPSDE, sde_lib.VESDE)):
+        raise TypeError(f"{what} supports VPSDE, subVPSDE and VESDE, got {type(sde).__name__}")
+
+
+def noise_labels(sde: sde_lib.SDE, x: torch.Tensor, t: torch.Tensor, continuous: bool = True) -> torch.Tensor:
+    """What a network (score network or noise-conditional classifier) is fed for times ``t`` [B]
+    of ``sde``, by the table of the module docstring; ``x`` [B, ...] gives the device and dtype."""
+    if isinstance(sde, sde_lib.VESDE):
+        if continuous:
+            return sde.marginal_prob(x, t)[1]
+        return torch.round((sde.T - t.to(torch.float64)) * (sde.N - 1)).long()
+    if continuous or isinstance(sde, sde_lib.subVPSDE):
+        return t * CONTINUOUS_TIME_SCALE
+    return t * (sde.N - 1)
+
+
 def get_model_fn(model: nn.Module, train: Optional[bool] = False) -> Callable:
     """``model_fn(x, noise_labels, class_labels=None)`` that first puts ``model`` in training
     (``train=True``) or evaluation (``False``) mode; ``None`` leaves the mode alone."""
@@ -49,22 +66,14 @@ class ScoreFunction:
 
     def __init__(self, sde: sde_lib.SDE, model: nn.Module, *, continuous: bool = True,
                  train: Optional[bool] = False, class_labels: Optional[torch.Tensor] = None):
-        if not isinstance(sde, (sde_lib.VPSDE, sde_lib.VESDE)):
-            raise TypeError(f"get_score_fn supports VPSDE, subVPSDE and VESDE, got {type(sde).__name__}")
+        check_sde(sde)
         self.sde, self.model, self.continuous = sde, model, bool(continuous)
         self.class_labels = class_labels
         self.model_fn = get_model_fn(model, train=train)
 
     def noise_labels(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network is fed for times ``t`` [B] (see the module docstring)."""
-        sde = self.sde
-        if isinstance(sde, sde_lib.VESDE):
-            if self.continuous:
-                return sde.marginal_prob(x, t)[1]
-            return torch.round((sde.T - t.to(torch.float64)) * (sde.N - 1)).long()
-        if self.continuous or isinstance(sde, sde_lib.subVPSDE):
-            return t * CONTINUOUS_TIME_SCALE
-        return t * (sde.N - 1)
+        return noise_labels(self.sde, x, t, self.continuous)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor,
                  class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -7,6 +7,11 @@ For data ``x_0 ~ N(mu, Sigma)`` and a kernel ``x_t = alpha(t) x_0 + sigma(t) z``
 method computes (prior at ``T``, change of variables down to ``eps``) is known exactly too.
 For a mixture each component moves the same way, and the marginal score is a softmax-weighted sum.
 
+Posteriors: with linear measurements ``y = A x_0 + s n`` a Gaussian prior has a Gaussian posterior, and a
+mixture prior a mixture posterior (:func:`linear_gaussian_posterior`, :meth:`Gaussian.posterior`,
+:meth:`GaussianMixture.posterior`); the responsibilities ``p_t(k | x_t)`` of a mixture are its exact
+noise-conditional classifier (:meth:`GaussianMixture.responsibilities`, :meth:`GaussianMixture.component`).
+
 Data are ``[B, ...]`` with ``D = prod(...)`` flattened; these classes are for tests and benchmarks,
 and for users who want to check a solver of their own.
 """
@@ -18,6 +23,22 @@ import torch
 from .sde_lib import SDE
 
 Tensor = torch.Tensor
+
+
+def linear_gaussian_posterior(mean: Tensor, cov: Tensor, A: Tensor, y: Tensor, noise_std: float):
+    """Prior ``N(mean, cov)`` (``[D]``, ``[D, D]``) and ``y = A x + noise_std n`` (``A`` ``[M, D]``, ``y`` ``[B, M]``):
+    the posterior means ``[B, D]``, its covariance ``[D, D]`` and the evidence ``log p(y)`` ``[B]``, float64:
+    ``S = A cov A^T + s^2 I``, ``m = mean + cov A^T S^{-1} (y - A mean)``, ``C = cov - cov A^T S^{-1} A cov``."""
+    mean, cov, A, y = (v.to(torch.float64) for v in (mean, cov, A, y))
+    S = A @ cov @ A.T + noise_std ** 2 * torch.eye(A.shape[0], dtype=torch.float64)
+    L = torch.linalg.cholesky(S)
+    gain = torch.cholesky_solve(A @ cov, L).T                 # cov A^T S^{-1}, [D, M]
+    resid = y - mean @ A.T                                    # [B, M]
+    means = mean + resid @ gain.T
+    post_cov = cov - gain @ A @ cov
+    white = torch.linalg.solve_triangular(L, resid.T, upper=False).T
+    log_evidence = -0.5 * (white ** 2).sum(1) - torch.log(L.diagonal()).sum() - 0.5 * A.shape[0] * math.log(2 * math.pi)
+    return means, 0.5 * (post_cov + post_cov.T), log_evidence
 
 
 class Gaussian:
@@ -80,6 +101,19 @@ class Gaussian:
     def score_fn(self, sde: SDE):
         """The exact ``score_fn(x, t)`` of every marginal of ``sde`` started from this distribution."""
         return lambda x, t: self.score(sde, x, t)
+
+    @property
+    def covariance(self) -> Tensor:
+        """``[D, D]`` float64."""
+        if self.U is None:
+            return torch.diag(self.eigvals)
+        return self.U @ torch.diag(self.eigvals) @ self.U.T
+
+    def posterior(self, A: Tensor, y: Tensor, noise_std: float):
+        """Exact posterior of ``x_0`` given ``y = A x_0 + noise_std n`` (``A`` ``[M, D]`` on flattened samples,
+        ``y`` ``[B, M]``): means ``[B, D]`` and the shared covariance ``[D, D]``, float64."""
+        means, cov, _ = linear_gaussian_posterior(self.mean, self.covariance, A, y, noise_std)
+        return means, cov
 
     def flow_map(self, sde: SDE, x: Tensor, s: float, t: float) -> Tensor:
         """Exact solution at time ``t`` of the probability-flow ODE started from ``x`` at time ``s``."""
@@ -151,4 +185,23 @@ class GaussianMixture:
 
     def score_fn(self, sde: SDE):
         return lambda x, t: self.score(sde, x, t)
+
+    def classifier_fn(self, sde: SDE):
+        """The exact noise-conditional classifier: ``classifier_fn(x, t) -> log p_t(k | x)`` ``[B, K]`` (logits)."""
+        return lambda x, t: torch.log_softmax(self._components(sde, x, t)[2], dim=1).to(x.dtype)
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone, as a one-component mixture (its exact scores are ``grad log p_t(x | k)``)."""
+        std = self.vars[k].sqrt().reshape(1, *self.event_shape)
+        return GaussianMixture([1.0], self.means[k].reshape(1, *self.event_shape), std)
+
+    def posterior(self, A: Tensor, y: Tensor, noise_std: float):
+        """Exact posterior of ``x_0`` given ``y = A x_0 + noise_std n``: a mixture with per-row weights ``[B, K]``,
+        means ``[B, K, D]`` and covariances ``[K, D, D]`` (float64)."""
+        out = [linear_gaussian_posterior(self.means[k], torch.diag(self.vars[k]), A, y, noise_std)
+               for k in range(self.weights.numel())]
+        means = torch.stack([m for m, _, _ in out], dim=1)
+        covs = torch.stack([c for _, c, _ in out])
+        log_w = torch.stack([e for _, _, e in out], dim=1) + torch.log(self.weights)
+        return torch.softmax(log_w, dim=1), means, covs
 

@@ -1,8 +1,13 @@
 """The sampler contract shared by every sampling family.
 
 A sampler is built once with its options (checked here, before any work) and called as
-``sampler(score_fn, *, generator=None, x_init=None, progress=False) -> (x, nfe)``.
+``sampler(score_fn, *, generator=None, x_init=None, progress=False, observation=None) -> (x, nfe)``.
 Subclasses declare their options with defaults in ``options`` and implement ``_sample``.
+
+``observation`` (a :class:`scoresde.guidance.Observation`) asks for samples that agree with a measurement
+``y = A x_0``: samplers with ``replacement = True`` apply the paper's replacement data consistency
+(App. I) after every step through :class:`Replacement`; ``smc`` weights particles by the likelihood; the
+others refuse it, naming an alternative.
 """
 import abc
 import math
@@ -61,6 +66,10 @@ class Sampler(abc.ABC):
 
     #: option name -> default; ``denoise`` (finish with one noise-free step) is common to all
     options: Dict[str, Any] = {"denoise": True, "device": None, "dtype": torch.float32}
+    #: whether ``_sample`` applies its ``replace`` argument after every step (replacement data consistency)
+    replacement: bool = True
+    #: why not, and what to use instead, when ``replacement`` is False
+    no_replacement: str = ""
 
     def __init__(self, *, sde: SDE, shape: Sequence[int], eps: Optional[float] = None, **options):
         if not isinstance(sde, SDE):
@@ -91,16 +100,32 @@ class Sampler(abc.ABC):
             raise ValueError(f"x_init must have the sampler's shape {self.shape}, got {tuple(x_init.shape)}")
         return x_init
 
+    def check_observation(self, observation) -> None:
+        """``ValueError`` unless this sampler can honour ``observation`` for samples of its shape."""
+        from ..guidance import Observation  # guidance imports the samplers' utilities, not the reverse
+        if not isinstance(observation, Observation):
+            raise TypeError(f"observation must be a scoresde.guidance.Observation, got {type(observation).__name__}")
+        if not self.replacement:
+            raise ValueError(f"sampler {type(self).__name__} cannot honour observation=: {self.no_replacement}")
+        observation.check_samples(self.shape)
+
     def time_vector(self, t: float, x: Tensor) -> Tensor:
         """A ``[B]`` tensor filled with ``t`` on ``x``'s device and dtype."""
         return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
 
     def __call__(self, score_fn: ScoreFn, *, generator: Optional[torch.Generator] = None,
-                 x_init: Optional[Tensor] = None, progress: bool = False) -> Tuple[Tensor, int]:
+                 x_init: Optional[Tensor] = None, progress: bool = False,
+                 observation=None) -> Tuple[Tensor, int]:
+        """Draw ``shape[0]`` samples; with ``observation``, samples that agree with it (see the module)."""
         counted = CountingScore(score_fn)
+        if observation is not None:
+            self.check_observation(observation)
         x = self.init_state(x_init, generator)
+        replace = Replacement(self.sde, observation, generator)
         with torch.no_grad():
-            x = self._sample(counted, x, generator=generator, progress=progress)
+            x = self._sample(counted, x, generator=generator, progress=progress, replace=replace)
+            if observation is not None and self.replacement:
+                x = observation.project(x)  # the observed part is y itself at the end
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"{type(self).__name__} produced non-finite samples after {counted.nfe} score evaluations; "
@@ -109,12 +134,34 @@ class Sampler(abc.ABC):
 
     @abc.abstractmethod
     def _sample(self, score_fn: ScoreFn, x: Tensor, *, generator: Optional[torch.Generator],
-                progress: bool) -> Tensor:
-        """Map the start ``x`` (a prior draw at ``T``) to a sample at ``eps`` (or 0 after denoising)."""
+                progress: bool, replace: "Replacement") -> Tensor:
+        """Map the start ``x`` (a prior draw at ``T``) to a sample at ``eps`` (or 0 after denoising), calling
+        ``x = replace(x, t)`` after each step that leaves ``x`` at time ``t``."""
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
         return f"{type(self).__name__}(sde={type(self.sde).__name__}, shape={self.shape}, eps={self.eps}, {opts})"
+
+
+class Replacement:
+    """Replacement data consistency (Song et al. 2021, App. I): after a step that leaves ``x`` at time ``t``,
+    ``x <- x + A^+ (y_t - A x)`` with ``y_t = alpha(t) y + sigma(t) A z`` a draw of ``A x_t`` given ``A x_0 = y``.
+    The unobserved part is then conditioned on the observed one only through the score, which is why the
+    method is biased (see ``benchmarks/guidance.py``). Without an observation it returns ``x`` unchanged."""
+
+    def __init__(self, sde: SDE, observation, generator: Optional[torch.Generator]):
+        self.sde, self.observation, self.generator = sde, observation, generator
+
+    def __bool__(self) -> bool:
+        return self.observation is not None
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        if self.observation is None:
+            return x
+        if not torch.is_tensor(t):
+            t = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
+        alpha, sigma = self.sde.marginal_coeffs(t)
+        return self.observation.project(x, self.observation.noised(x, alpha, sigma, self.generator))
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
@@ -124,5 +171,5 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor
     return (x + batch_broadcast(sigma ** 2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
 
 
-__all__ = ["Sampler", "CountingScore", "register_sampler", "get_sampler", "list_samplers", "randn_like",
+__all__ = ["Sampler", "CountingScore", "Replacement", "register_sampler", "get_sampler", "list_samplers", "randn_like",
            "tweedie_denoise"]

@@ -29,6 +29,8 @@ with a list the budget follows from its length), ``rho`` (of the ``edm`` schedul
 costs one call), ``dtype``/``device`` of the prior draw. The solvers choose their steps so that the
 calls made equal ``nfe`` exactly: one call per step, Heun two (an odd budget makes its last step Euler's).
 DDIM with ``eta = 0`` and ``euler`` are the same method (Karras et al. 2022, Sec. 3), kept under both names.
+With ``observation=`` every solver replaces the observed part after each step (replacement data consistency,
+:class:`~scoresde.sampling.base.Replacement`).
 """
 import abc
 import math
@@ -134,16 +136,17 @@ class FastSampler(Sampler):
         return n
 
     def _sample(self, score_fn: ScoreFn, x: Tensor, *, generator: Optional[torch.Generator],
-                progress: bool) -> Tensor:
+                progress: bool, replace) -> Tensor:
         data = DataPrediction(self.sde, score_fn)
         points = [data.point(t) for t in self.timesteps.tolist()]
-        x = self.solve(data, x, points, generator=generator, progress=progress)
+        x = self.solve(data, x, points, generator=generator, progress=progress, replace=replace)
         return data(x, points[-1]) if self.denoise else x
 
     @abc.abstractmethod
     def solve(self, data: DataPrediction, x: Tensor, points: List[Point], *,
-              generator: Optional[torch.Generator], progress: bool) -> Tensor:
-        """Integrate from ``x`` at ``points[0]`` through every point of the grid to ``points[-1]``."""
+              generator: Optional[torch.Generator], progress: bool, replace) -> Tensor:
+        """Integrate from ``x`` at ``points[0]`` through every point of the grid to ``points[-1]``, with
+        ``x = replace(x, t)`` after each step (replacement data consistency; the identity without one)."""
 
     @staticmethod
     def _range(n: int, progress: bool):
@@ -176,7 +179,7 @@ class DDIMSampler(FastSampler):
         _check_nonnegative(self, "eta")
         super().check_options()
 
-    def solve(self, data, x, points, *, generator, progress):
+    def solve(self, data, x, points, *, generator, progress, replace):
         for i in self._range(len(points) - 1, progress):
             s, t = points[i], points[i + 1]
             x0 = data(x, s)
@@ -185,6 +188,7 @@ class DDIMSampler(FastSampler):
             x = t.alpha * x0 + math.sqrt(max(t.sigma ** 2 - c ** 2, 0.0)) * eps_hat
             if c > 0:
                 x = x + c * randn_like(x, generator)
+            x = replace(x, t.t)
         return x
 
 
@@ -227,7 +231,7 @@ class EDMEulerSampler(FastSampler):
         """``d x_hat / d sigma_hat = (x_hat - x0) / sigma_hat`` (Karras et al. 2022, eq. 4 with s = 1)."""
         return (x_hat - data(p.alpha * x_hat, p)) / p.sigma_hat
 
-    def solve(self, data, x, points, *, generator, progress):
+    def solve(self, data, x, points, *, generator, progress, replace):
         x_hat = x / points[0].alpha
         n_heun = self.heun_steps()
         for i in self._range(len(points) - 1, progress):
@@ -237,7 +241,7 @@ class EDMEulerSampler(FastSampler):
             x_next = x_hat + (t.sigma_hat - s.sigma_hat) * d
             if i < n_heun:  # Alg. 2, line 10: the trapezoidal correction
                 x_next = x_hat + (t.sigma_hat - s.sigma_hat) * 0.5 * (d + self._slope(data, x_next, t))
-            x_hat = x_next
+            x_hat = replace(t.alpha * x_next, t.t) / t.alpha if replace else x_next
         return points[-1].alpha * x_hat
 
 
@@ -326,12 +330,12 @@ class DPMSolverPP2MSampler(_Multistep):
 
     order = 2
 
-    def solve(self, data, x, points, *, generator, progress):
+    def solve(self, data, x, points, *, generator, progress, replace):
         history: List[Tuple[Point, Tensor]] = []
         for i in self._range(len(points) - 1, progress):
             s, t = points[i], points[i + 1]
             history = (history + [(s, data(x, s))])[-self.order:]
-            x = _dpmpp_update(x, s, t, history, self.step_order(i))
+            x = replace(_dpmpp_update(x, s, t, history, self.step_order(i)), t.t)
         return x
 
 
@@ -354,7 +358,7 @@ class DPMSolverPP2MSDESampler(_Multistep):
 
     order = 2
 
-    def solve(self, data, x, points, *, generator, progress):
+    def solve(self, data, x, points, *, generator, progress, replace):
         history: List[Tuple[Point, Tensor]] = []
         for i in self._range(len(points) - 1, progress):
             s, t = points[i], points[i + 1]
@@ -367,6 +371,7 @@ class DPMSolverPP2MSDESampler(_Multistep):
                 m0 = m0 + 0.5 * (m0 - m1) * h / (s.lam - p1.lam)
             x = (t.sigma / s.sigma * math.exp(-h)) * x + (t.alpha * one_m_e2h) * m0 \
                 + (t.sigma * math.sqrt(one_m_e2h)) * randn_like(x, generator)
+            x = replace(x, t.t)
         return x
 
 
@@ -430,7 +435,7 @@ class UniPCSampler(_Multistep):
         corr = sum((r * d for r, d in zip(rhos[:-1], diffs)), torch.zeros_like(x)) + rhos[-1] * (m_t - m0)
         return x_lin - (t.alpha * b_h) * corr
 
-    def solve(self, data, x, points, *, generator, progress):
+    def solve(self, data, x, points, *, generator, progress, replace):
         history: List[Tuple[Point, Tensor]] = [(points[0], data(x, points[0]))]
         n = len(points) - 1
         for i in self._range(n, progress):
@@ -438,9 +443,10 @@ class UniPCSampler(_Multistep):
             k = self.step_order(i)
             x_pred = self._update(x, s, t, history, k)
             if i == n - 1:
-                return x_pred
+                return replace(x_pred, t.t)
+            x_pred = replace(x_pred, t.t)
             m_t = data(x_pred, t)
-            x = self._update(x, s, t, history, k, m_t=m_t)
+            x = replace(self._update(x, s, t, history, k, m_t=m_t), t.t)
             history = (history + [(t, m_t)])[-self.order:]
         return x
 

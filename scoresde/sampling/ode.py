@@ -54,13 +54,17 @@ class ODESampler(Sampler):
     ``rtol``, ``atol`` (positive), ``denoise``."""
 
     options = {**Sampler.options, "method": "RK45", "rtol": 1e-5, "atol": 1e-5}
+    replacement = False
+    no_replacement = ("scipy integrates the whole trajectory in one adaptive solve, with no step to replace the "
+                      "observed part after; use 'pc', 'ancestral' or a fast solver (ddim, dpmpp_2m, ...) with "
+                      "observation=, posterior_guidance(...) with this sampler, or the 'smc' sampler")
 
     def check_options(self) -> None:
         if self.method not in SOLVE_IVP_METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(SOLVE_IVP_METHODS)}")
         check_tolerances(rtol=self.rtol, atol=self.atol)
 
-    def _sample(self, score_fn, x, *, generator, progress):
+    def _sample(self, score_fn, x, *, generator, progress, replace):
         fun = _FlatDrift(self.sde, score_fn, x)
         y0 = x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
         with _single_threaded_blas():

@@ -7,7 +7,8 @@ Time grids (``t`` runs from ``T`` down, one predictor step and ``n_steps`` corre
   levels ``i = N-1, ..., 0`` at ``t_i = i T / (N - 1)``, where ``sde.step_index(t_i) == i`` exactly, so each step
   uses the coefficients of its own level. The score is never asked below ``eps``: level 0 (``t = 0``) is scored
   at ``eps``.
-``denoise`` returns the noise-free mean of the last step.
+``denoise`` returns the noise-free mean of the last step. With ``observation=`` both samplers replace the
+observed part by a forward-noised copy of ``y`` after every predictor and corrector step (App. I).
 """
 from typing import Optional, Tuple
 
@@ -78,7 +79,7 @@ class PCSampler(Sampler):
         grid = grid.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
         return grid[:-1], grid[1:]
 
-    def _sample(self, score_fn, x, *, generator, progress):
+    def _sample(self, score_fn, x, *, generator, progress, replace):
         times, next_times = self.time_grid(x)
         if self.predictor_step.discrete:
             score_fn = _ScoreAtLeast(score_fn, self.eps)
@@ -89,8 +90,10 @@ class PCSampler(Sampler):
             t = times[k]
             if correct is not None:
                 x, x_mean = correct(score_fn, x, t, generator)
+                x = replace(x, t)
             if predict is not None:
                 x, x_mean = predict(score_fn, x, t, next_times[k], generator)
+                x = replace(x, next_times[k])
         return x_mean if self.denoise else x
 
 

@@ -75,6 +75,11 @@ class SDESampler(Sampler):
     ``(T - eps) / sde.N``), ``adaptive``, ``rtol``, ``atol`` (positive; used when adaptive), ``denoise``."""
 
     options = {**Sampler.options, "method": "euler", "dt": None, "adaptive": False, "rtol": 1e-5, "atol": 1e-4}
+    replacement = False
+    no_replacement = ("torchsde.sdeint runs the whole reverse SDE in one call, with no step to replace the "
+                      "observed part after; use 'pc' (predictor 'euler_maruyama' is the same Euler scheme), "
+                      "'ancestral' or a fast solver with observation=, posterior_guidance(...) with this "
+                      "sampler, or the 'smc' sampler")
 
     def check_options(self) -> None:
         if self.method not in TORCHSDE_METHODS:
@@ -110,7 +115,7 @@ class SDESampler(Sampler):
                                          entropy=seed, levy_area_approximation="space-time",
                                          halfway_tree=True, tol=1e-6 * span)
 
-    def _sample(self, score_fn, x, *, generator, progress):
+    def _sample(self, score_fn, x, *, generator, progress, replace):
         y0 = x.reshape(x.shape[0], -1)
         reverse = _TimeReversedSDE(self.sde, score_fn, x.shape, TORCHSDE_METHODS[self.method])
         # float64 times: accumulating dt in float32 would add a last sliver of a step

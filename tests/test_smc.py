@@ -1,12 +1,11 @@
 """The twisted SMC sampler against exact posteriors: a correlated Gaussian prior with noisy random linear
 measurements (Gaussian posterior) and a two-component mixture observed on half its coordinates (mixture
 posterior). The approximate methods (replacement, DPS, Pi-GDM) are shown biased on the same problems."""
-import math
-
 import pytest
 import torch
 
 from scoresde import analytic, guidance, sde_lib
+from scoresde.guidance.problems import gaussian_linear_problem, mixture_inpainting_problem
 from scoresde.sampling import get_sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,35 +17,17 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def gaussian_problem(B):
-    """D = 4 correlated prior, M = 2 random measurements with noise 0.1, the same y for every row."""
-    g = gen(0)
-    Q = torch.randn(4, 4, generator=g, dtype=F64)
-    prior = analytic.Gaussian.from_covariance(torch.tensor([0.5, -0.5, 0.0, 1.0]), Q @ Q.T / 4 + 0.05 * torch.eye(4, dtype=F64))
-    A = torch.randn(2, 4, generator=g, dtype=F64)
-    y = torch.tensor([[1.5, -1.0]], dtype=F64).expand(B, 2)
-    means, cov = prior.posterior(A, y, 0.1)
-    return prior, guidance.LinearObservation(A, y, 0.1), means[0], cov
-
-
-def standardised_error(x, mean, cov):
-    """``|L^{-1} (mean(x) - mean)| sqrt(B)``: chi-distributed with D degrees of freedom for exact draws."""
-    L = torch.linalg.cholesky(cov)
-    d = torch.linalg.solve_triangular(L, (x.mean(0) - mean)[:, None], upper=False).squeeze(1)
-    return d.norm().item() * math.sqrt(x.shape[0])
-
-
 @pytest.mark.slow
 def test_smc_converges_to_the_gaussian_posterior():
     B, sde = 2000, sde_lib.VPSDE()
-    prior, obs, mean, cov = gaussian_problem(B)
-    score = prior.score_fn(sde)
+    problem = gaussian_linear_problem(B)
+    obs, score = problem.observation, problem.prior.score_fn(sde)
     err, var_ratio = {}, {}
     for K in (1, 4, 16):
         sampler = get_sampler("smc", sde=sde, shape=(B, 4), dtype=F64, particles=K, N=400)
         x, nfe = sampler(score, generator=gen(K), observation=obs)
         assert nfe == 401 and x.shape == (B, 4)
-        err[K], var_ratio[K] = standardised_error(x, mean, cov), (x.var(0) / cov.diagonal())
+        err[K], var_ratio[K] = problem.standardised_error(x), problem.variance_ratio(x)
     # measured: 15.0, 3.8, 2.5 standard errors; variance ratios 1.05-1.28 (K=1), 0.98-1.00 (K=16)
     assert err[1] > 8 and err[16] < err[1] / 3
     assert err[16] < 3.7                      # the 99th percentile of a chi with 4 degrees of freedom
@@ -57,47 +38,27 @@ def test_smc_converges_to_the_gaussian_posterior():
               "dps": pc(guidance.posterior_guidance(score, sde, obs, "dps", scale=0.3), generator=gen(1))[0],
               "pigdm": pc(guidance.posterior_guidance(score, sde, obs, "pigdm"), generator=gen(1))[0]}
     for name, x in biased.items():   # measured: 39, 72, 8 standard errors
-        assert standardised_error(x, mean, cov) > 6, name
-
-
-def mixture_problem(B, noise_std=0.1, value=0.1):
-    """The issue's problem: 8-D, two unit-variance components at +-1, coordinates 0-3 observed."""
-    D = 8
-    prior = analytic.GaussianMixture([0.5, 0.5], torch.stack([torch.ones(D), -torch.ones(D)]), torch.ones(2, D))
-    A = torch.eye(D, dtype=F64)[:4]
-    y4 = torch.full((B, 4), value, dtype=F64)
-    w, means, _ = prior.posterior(A, y4, noise_std)
-    exact = (w[:, :, None] * means).sum(1)[0, 4:].mean().item()
-    y = torch.zeros(B, D, dtype=F64)
-    y[:, :4] = y4
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]], dtype=F64)
-    return prior, guidance.Inpainting(y, mask, noise_std=noise_std), exact
-
-
-def unknown_mean(x):
-    """Mean of the unobserved coordinates and its standard error over the rows."""
-    per_row = x[:, 4:].mean(1)
-    return per_row.mean().item(), per_row.std().item() / math.sqrt(x.shape[0])
+        assert problem.standardised_error(x) > 6, name
 
 
 @pytest.mark.slow
 def test_smc_converges_to_the_mixture_posterior():
     B, sde = 2000, sde_lib.VPSDE()
-    prior, obs, exact = mixture_problem(B)
-    assert abs(exact - 0.3766) < 1e-3
-    score = prior.score_fn(sde)
+    problem = mixture_inpainting_problem(B)
+    exact, obs, score = problem.unknown_mean, problem.observation, problem.prior.score_fn(sde)
+    assert abs(exact - 0.3766) < 1e-4
     errors = {}
     for K in (1, 16):
         x, _ = get_sampler("smc", sde=sde, shape=(B, 8), dtype=F64, particles=K, N=100)(score, generator=gen(K),
                                                                                         observation=obs)
-        mean, se = unknown_mean(x)
+        mean, se = problem.estimate(x)
         errors[K] = abs(mean - exact) / se
     # measured: K=1 0.248 (6.8 standard errors off), K=16 0.389 (0.6)
     assert errors[1] > 4 and errors[16] < 3.5, errors
     pc = get_sampler("pc", sde=sde, shape=(B, 8), dtype=F64, predictor="euler_maruyama", corrector="none", N=200)
     for name, x in (("replacement", pc(score, generator=gen(1), observation=obs)[0]),       # measured 0.115
                     ("pigdm", pc(guidance.posterior_guidance(score, sde, obs, "pigdm"), generator=gen(1))[0])):  # 0.248
-        mean, se = unknown_mean(x)
+        mean, se = problem.estimate(x)
         assert exact - mean > 4 * se, name
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..utils import flat_sum
+from ..utils import batch_broadcast, flat_sum
 
 Tensor = torch.Tensor
 
@@ -110,8 +110,7 @@ class Observation(abc.ABC):
         (``alpha``, ``sigma``: ``[B]``; ``z`` drawn like ``x_like`` from ``generator``)."""
         z = torch.randn(x_like.shape, generator=generator, device=x_like.device, dtype=x_like.dtype)
         y = self.y.to(x_like.dtype)
-        shape = (y.shape[0],) + (1,) * (y.dim() - 1)
-        return alpha.to(y.dtype).reshape(shape) * y + sigma.to(y.dtype).reshape(shape) * self.forward(z)
+        return batch_broadcast(alpha, y) * y + batch_broadcast(sigma, y) * self.forward(z)
 
     def repeat_interleave(self, k: int) -> "Observation":
         """The same observation of ``k`` copies of every sample (rows ``b k, ..., b k + k - 1`` observe row
@@ -172,8 +171,7 @@ class Inpainting(Observation):
         return self.mask.to(x0.dtype) * (self.y.to(x0.dtype) - x0)
 
     def gram_solve(self, v, a, b):
-        a = a.to(v.dtype).reshape((-1,) + (1,) * (v.dim() - 1))
-        denom = a + b
+        denom = batch_broadcast(a, v) + b
         return self.mask.to(v.dtype) * v / torch.where(denom > 0, denom, torch.ones_like(denom))
 
     def num_observed(self) -> int:
@@ -233,7 +231,7 @@ class Colorization(Observation):
         return self.couple(torch.cat([luminance, z[:, 1:]], dim=1))
 
     def gram_solve(self, v, a, b):
-        denom = a.to(v.dtype).reshape(-1, 1, 1, 1) / self.num_channels + b   # A A^T = I / C
+        denom = batch_broadcast(a, v) / self.num_channels + b   # A A^T = I / C
         return v / torch.where(denom > 0, denom, torch.ones_like(denom))
 
     def check_samples(self, shape):
@@ -263,7 +261,7 @@ class SuperResolution(Observation):
         return self.pinv(v) / self.factor ** 2
 
     def gram_solve(self, v, a, b):
-        denom = a.to(v.dtype).reshape(-1, 1, 1, 1) / self.factor ** 2 + b
+        denom = batch_broadcast(a, v) / self.factor ** 2 + b
         return v / torch.where(denom > 0, denom, torch.ones_like(denom))
 
     def check_samples(self, shape):

@@ -453,3 +453,39 @@ def test_a_huge_lr_stops_with_the_pre_divergence_state_and_a_sane_lr_resumes_nor
     # the advice followed: the original lr resumes from step 4 and ends exactly as the uninterrupted run
     assert run_lib.train(tiny_config(**QUICK), workdir) == trained[1][4:]
     assert _same_weights(d.numbered_path(2), os.path.join(trained[0], "checkpoints", "checkpoint_2.pth"))
+
+
+def _scaled_training_loss(monkeypatch, factors):
+    """Multiply the training loss of the k-th training forward pass by ``factors[k]`` (1-based)."""
+    real = losses.get_loss_fn
+
+    def scaled(sde, **kwargs):
+        loss_fn = real(sde, **kwargs)
+        calls = []
+
+        def wrapped(model, batch, **kw):
+            value = loss_fn(model, batch, **kw)
+            if not kwargs["train"]:
+                return value
+            calls.append(1)
+            return value * factors.get(len(calls), 1.0)
+        return wrapped
+
+    monkeypatch.setattr(losses, "get_loss_fn", scaled)
+
+
+def test_a_save_due_at_a_suspect_state_waits_for_the_next_good_one(tmp_path, monkeypatch):
+    _scaled_training_loss(monkeypatch, {5: 1e6})  # the 5th pass judges state 4, a meta save: suspect
+    assert len(run_lib.train(tiny_config(**QUICK), str(tmp_path))) == 6
+    d = checkpoint.CheckpointDir(str(tmp_path))
+    assert d.meta_steps() == [2, 5] and [d.numbered_step(n) for n in d.numbers()] == [3, 6]
+
+
+def test_a_suspect_final_state_is_not_saved_and_the_run_fails(tmp_path, monkeypatch):
+    _scaled_training_loss(monkeypatch, {7: 1e6})  # the 7th pass only judges the final state, 6
+    meta_4 = str(tmp_path / "checkpoints-meta" / "checkpoint_4.pth")
+    with pytest.raises(run_lib.Diverged, match="^" + re.escape("the final state (step 6) is not saved: the training "
+                                                               "loss ") + ".* times its running median .*" +
+                                                re.escape(f"The last good checkpoint is {meta_4} (step 4, ")):
+        run_lib.train(tiny_config(**QUICK), str(tmp_path))
+    assert checkpoint.CheckpointDir(str(tmp_path)).numbers() == [1]

@@ -121,19 +121,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = losses.get_loss_fn
-
-    def poisoned(sde, **kwargs):
-        loss_fn = real(sde, **kwargs)
-        calls = []
-
-        def wrapped(model, batch, **kw):
-            calls.append(1)
-            value = loss_fn(model, batch, **kw)
-            return value * float("nan") if kwargs["train"] and len(calls) == 4 else value
-        return wrapped
-
-    monkeypatch.setattr(losses, "get_loss_fn", poisoned)
+    _scaled_training_loss(monkeypatch, {4: float("nan")})  # the 4th pass judges state 3
     meta = str(tmp_path / "checkpoints-meta" / "checkpoint_2.pth")
     with pytest.raises(FloatingPointError, match="^" + re.escape(f"the training loss is nan at step 4; training "
                                                                  f"stopped. The last good checkpoint is {meta} (step 2, "

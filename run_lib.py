@@ -778,7 +778,7 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
         return {}
     e = config.eval
     folder = os.path.join(workdir, eval_folder or e.eval_folder)
-    out = {}
+    out, damaged = {}, []
     for n in range(e.begin_ckpt, e.end_ckpt + 1):
         path = run.checkpoints.numbered_path(n)
         if not os.path.isfile(path):
@@ -798,6 +798,7 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
             step = load_for_inference(run, path, use_ema=True)
         except checkpoint.DamagedCheckpoint as err:
             log.warning("skipping %s", err)
+            damaged.append(f"{path} ({err.reason})")
             continue
         results.put("step", step)
         if "loss" in todo:
@@ -811,6 +812,9 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
                 results.put("metrics", eval_metrics(run, x))
         log.info("checkpoint %d: %s", n, json.dumps(results.data))
         out[n] = results.data
+    if damaged and not out:
+        raise checkpoint.CheckpointError(f"no intact checkpoint to evaluate in eval.begin_ckpt..eval.end_ckpt = "
+                                         f"{e.begin_ckpt}..{e.end_ckpt}; tried: {'; '.join(damaged)}")
     return out
 
 

@@ -408,7 +408,10 @@ def test_damaged_newest_checkpoints_are_skipped_in_train_sample_and_eval(trained
     with caplog.at_level("WARNING", logger="scoresde"):
         stem = run_lib.sample(config, workdir)  # from the newest intact state: meta checkpoint of step 4
         assert os.path.basename(stem).startswith("step_4_")
-        assert run_lib.evaluate(config, workdir, eval_folder="eval_damaged") == {}  # both damaged: skipped
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(
+                "no intact checkpoint to evaluate in eval.begin_ckpt..eval.end_ckpt = 1..2; tried: "
+                f"{d.numbered_path(1)} (its bytes do not match the checksum written with it); {newest} (truncated")):
+            run_lib.evaluate(config, workdir, eval_folder="eval_damaged")  # both damaged: each skipped
     messages = "\n".join(r.getMessage() for r in caplog.records)
     assert f"skipping damaged checkpoint {newest}: truncated" in messages
     assert f"skipping damaged checkpoint {d.numbered_path(1)}: its bytes do not match the checksum" in messages
@@ -420,6 +423,7 @@ def test_damaged_newest_checkpoints_are_skipped_in_train_sample_and_eval(trained
     assert os.path.isfile(newest + ".damaged")  # kept for inspection; checkpoint_1, older, was not tried
     assert not os.path.exists(d.numbered_path(1) + ".damaged")
     assert f"renamed the damaged {newest} to {newest}.damaged" in [r.getMessage() for r in caplog.records]
+    assert sorted(run_lib.evaluate(config, workdir, eval_folder="eval_after")) == [2]  # 1 is still damaged
 
 
 def test_a_huge_lr_stops_with_the_pre_divergence_state_and_a_sane_lr_resumes_normally(trained, tmp_path):

@@ -254,9 +254,7 @@ def _check_numbered_collisions(run: Run) -> None:
     first = (run.step // t.snapshot_freq + 1) * t.snapshot_freq
     for step in range(first, t.n_iters + 1, t.snapshot_freq):
         n = step // t.snapshot_freq
-        if not os.path.isfile(run.checkpoints.numbered_path(n)):
-            continue
-        held = run.checkpoints.numbered_step(n)
+        held = run.checkpoints.numbered_step(n, read=True)
         if held is not None and held != step:
             raise _fail("training.snapshot_freq", t.snapshot_freq,
                         f"{run.checkpoints.numbered_path(n)} holds step {held}, and this run would overwrite it "

@@ -228,15 +228,25 @@ class CheckpointDir:
         """Sorted steps of the meta checkpoints present."""
         return self._indices(self.meta_dir)
 
-    def numbered_step(self, n: int) -> Optional[int]:
-        """The step held by numbered checkpoint ``n`` as its checksum file says (``None``: unknown)."""
-        record = read_sidecar(self.numbered_path(n))
-        return None if record is None or record.get("step") is None else int(record["step"])
+    def numbered_step(self, n: int, read: bool = False) -> Optional[int]:
+        """The step held by numbered checkpoint ``n`` as its checksum file says; ``None`` when unknown
+        (no file, or a file without checksum file, from an older version, unless ``read``: then the file
+        is loaded to learn it; ``None`` again when it is damaged)."""
+        path = self.numbered_path(n)
+        record = read_sidecar(path)
+        if record is not None and record.get("step") is not None:
+            return int(record["step"])
+        if read and os.path.isfile(path):
+            try:
+                return int(load(path)["step"])
+            except CheckpointError:
+                return None
+        return None
 
     def save_numbered(self, n: int, state: Dict[str, Any]) -> str:
         """Write ``checkpoint_<n>.pth``; refuse to replace one that holds another step."""
         path = self.numbered_path(n)
-        held = self.numbered_step(n) if os.path.isfile(path) else None
+        held = self.numbered_step(n, read=True)
         if held is not None and held != int(state["step"]):
             raise CheckpointError(f"{path} holds step {held}; saving step {state['step']} as checkpoint {n} "
                                   f"would overwrite it (n = step // training.snapshot_freq): keep the "
@@ -256,20 +266,19 @@ class CheckpointDir:
             _remove(sidecar_path(old))
         return path
 
-    def candidates(self) -> List[Tuple[int, str]]:
+    def candidates(self) -> List[Tuple[Optional[int], str]]:
         """``(step, path)`` of every checkpoint present, newest first (meta before numbered on a tie).
-        A numbered checkpoint without a checksum file is loaded to learn its step."""
-        found = [(step, 1, self.meta_path(step)) for step in self.meta_steps()]
+        Files of an older version (no checksum file, so no step known without loading them: ``None``)
+        come after all others: its meta checkpoint ``checkpoints-meta/checkpoint.pth``, then its
+        numbered ones from the highest ``n``."""
+        found = [((1, step, 1), step, self.meta_path(step)) for step in self.meta_steps()]
         for n in self.numbers():
-            path = self.numbered_path(n)
             step = self.numbered_step(n)
-            if step is None:
-                try:
-                    step = int(load(path)["step"])
-                except CheckpointError:
-                    step = -1  # damaged: tried last, to be reported
-            found.append((step, 0, path))
-        return [(step, path) for step, _, path in sorted(found, reverse=True)]
+            found.append(((1, step, 0) if step is not None else (0, 0, n), step, self.numbered_path(n)))
+        legacy_meta = os.path.join(self.meta_dir, "checkpoint.pth")
+        if os.path.isfile(legacy_meta):
+            found.append(((0, 1, 0), None, legacy_meta))
+        return [(step, path) for _, step, path in sorted(found, key=lambda entry: entry[0], reverse=True)]
 
     def newest(self) -> Optional[str]:
         """Path of the newest checkpoint present (not checked; see :meth:`load_newest`)."""

@@ -233,3 +233,21 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message(tmp_path):
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         checkpoint.load(str(tmp_path / "nope.pth"))
+
+
+def test_checkpoints_of_an_older_version_without_checksums_still_resume_in_order(tmp_path):
+    """The former layout: numbered files and ``checkpoints-meta/checkpoint.pth``, no checksum files."""
+    d = checkpoint.CheckpointDir(str(tmp_path))
+    os.makedirs(d.numbered_dir)
+    os.makedirs(d.meta_dir)
+    for n in (1, 2):
+        torch.save({"step": 3 * n}, d.numbered_path(n))
+    legacy_meta = os.path.join(d.meta_dir, "checkpoint.pth")
+    torch.save({"step": 7}, legacy_meta)
+    assert d.candidates() == [(None, legacy_meta), (None, d.numbered_path(2)), (None, d.numbered_path(1))]
+    assert d.load_newest()[1]["step"] == 7
+    d.save_meta({"step": 8})
+    assert d.load_newest()[1]["step"] == 8
+    assert d.numbered_step(2) is None and d.numbered_step(2, read=True) == 6
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint_2.pth holds step 6; saving step 12"):
+        d.save_numbered(2, {"step": 12})  # read from the file itself: never overwritten either

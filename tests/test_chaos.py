@@ -153,13 +153,16 @@ def _damage(workdir, how):
         data = f.read()
     with open(path, "wb") as f:
         f.write(data[: len(data) // 2] if how == "truncated" else os.urandom(len(data)))
-    return step
+    return path
 
 
-def _resumed_step(log_path, offset):
-    with open(log_path) as f:
+def _log_since(log_path, offset):
+    with open(log_path, errors="replace") as f:
         f.seek(offset)
-        text = f.read()
+        return f.read()
+
+
+def _resumed_step(text):
     found = re.search(r"INFO (resuming|starting) at step (\d+)", text)
     return None if found is None else int(found.group(2))
 
@@ -192,7 +195,7 @@ def main(root, seed):
     # random kills at increasing steps (so the run gets on), each a random moment after its step began:
     # inside a step, an evaluation or a save; the save kills in between
     n_iters = _config().training.n_iters
-    steps = sorted(rng.sample(range(1, n_iters), RANDOM_KILLS))
+    steps = sorted(rng.sample(range(1, n_iters - 10), RANDOM_KILLS))  # >= 10 steps left: the kill lands
     plan = [("random", ("at step", step, rng.uniform(0.0, 0.05))) for step in steps]
     for i, kill in enumerate(SAVE_KILLS):
         plan.insert(1 + i * (len(plan) // len(SAVE_KILLS)), ("save", kill))
@@ -200,20 +203,24 @@ def main(root, seed):
     plan.insert(2 * len(plan) // 3, ("damage", "random bytes"))
     report = {"random_kills": 0, "save_kills": 0, "damaged": [], "resumes_checked": 0,
               "seconds_uninterrupted": round(duration, 2)}
-    damages = []
+    damages, damaged_path = [], None
     for kind, arg in plan + [("finish", None)]:
         if kind == "damage":
             damages.append(arg)
             continue
         if damages and _intact_steps(chaos):  # the newest checkpoint, once there is one
             how = damages.pop(0)
-            _damage(chaos, how)
+            damaged_path = _damage(chaos, how)
             report["damaged"].append(how)
         intact = _intact_steps(chaos)
         expected = intact[-1][0] if intact else 0
         offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         status, _ = _attempt(chaos, log_path, kill=arg)
-        resumed = _resumed_step(log_path, offset)
+        text = _log_since(log_path, offset)
+        if damaged_path is not None:  # the attempt after a damage skipped the file, naming it
+            assert f"WARNING skipping damaged checkpoint {damaged_path}: " in text, text[-3000:]
+            damaged_path = None
+        resumed = _resumed_step(text)
         if resumed is not None:  # an attempt killed very early may not have got so far
             assert resumed == expected, f"{kind} attempt resumed at step {resumed}, newest intact: {expected}"
             report["resumes_checked"] += 1

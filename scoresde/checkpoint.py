@@ -1,12 +1,12 @@
 """Training checkpoints that survive a kill at any moment, a damaged file and a second process.
 
 A checkpoint is one ``torch.save``d dict with a checksum file next to it, ``<file>.json``:
-``{"sha256", "size", "step"}``. Writes are atomic: the bytes go to a temporary file in the same
-directory (hashed as they are written) and are ``fsync``ed; the checksum file is written (atomically)
-next, and only then is the temporary file ``os.replace``d over the target. A kill at any moment
-therefore leaves either the previous file (with a checksum file that matches it, or one that does not:
-then the file counts as damaged and is skipped) or the new file with its checksum, never a partial
-file that passes.
+``{"sha256", "size", "step"}`` (and ``"previous"``, the checksum of the file it replaces). Writes are
+atomic: the bytes go to a temporary file in the same directory (hashed as they are written) and are
+``fsync``ed; the checksum file is written (atomically) next, and only then is the temporary file
+``os.replace``d over the target. A kill at any moment therefore leaves either the previous file (which
+matches the previous or the new checksum file) or the new file with its checksum, never a partial file
+that passes; a checksum file whose checkpoint never arrived is removed at the next start.
 
 Layout under a run's ``workdir``:
 
@@ -128,6 +128,9 @@ def atomic_save(obj: Any, path: str) -> None:
         step = obj.get("step") if isinstance(obj, dict) else None
         record = {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size,
                   "step": int(step) if step is not None else None}
+        old = read_sidecar(path) if os.path.isfile(path) else None
+        if old is not None:  # until the rename below, the file there is still the previous one
+            record["previous"] = {"sha256": old["sha256"], "size": old.get("size")}
         atomic_write_bytes(json.dumps(record).encode(), sidecar_path(path))
         os.replace(tmp, path)
     except BaseException:
@@ -162,21 +165,24 @@ def read_sidecar(path: str) -> Optional[Dict[str, Any]]:
 
 def verify(path: str) -> None:
     """Raise :class:`DamagedCheckpoint` when ``path`` is empty, or its size or SHA-256 differ from its
-    checksum file (a file without one, e.g. from an older version, is only checked for being empty)."""
+    checksum file (a file without one, e.g. from an older version, is only checked for being empty).
+    A file rewritten in place also matches when it is still the complete previous version (a kill came
+    between the new checksum file and the rename)."""
     size = os.path.getsize(path)
     if size == 0:
         raise DamagedCheckpoint(path, "empty file")
     record = read_sidecar(path)
     if record is None:
         return
-    if size != record.get("size"):
+    versions = [record] + ([record["previous"]] if isinstance(record.get("previous"), dict) else [])
+    if all(size != version.get("size") for version in versions):
         what = "truncated" if size < record.get("size", 0) else "longer than written"
         raise DamagedCheckpoint(path, f"{what}: {size} bytes, {record.get('size')} written")
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
-    if sha.hexdigest() != record["sha256"]:
+    if all(sha.hexdigest() != version.get("sha256") for version in versions):
         raise DamagedCheckpoint(path, "its bytes do not match the checksum written with it")
 
 
@@ -189,6 +195,8 @@ def load(path: str, map_location="cpu") -> Dict[str, Any]:
     try:
         # tensors, numbers, strings and containers only: the restricted unpickler, which runs no code
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise  # the file may well be intact: never call it damaged (and set it aside) for that
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad bytes
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DamagedCheckpoint(path, f"not a readable checkpoint ({type(e).__name__}: {reason})") from e

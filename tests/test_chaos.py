@@ -64,7 +64,8 @@ def _intact_steps(workdir):
                 data = f.read()
         except (OSError, ValueError):
             continue
-        if len(data) == record["size"] and hashlib.sha256(data).hexdigest() == record["sha256"]:
+        versions = [record] + ([record["previous"]] if "previous" in record else [])  # see scoresde.checkpoint
+        if any(len(data) == v["size"] and hashlib.sha256(data).hexdigest() == v["sha256"] for v in versions):
             steps.append((record["step"], path))
     return sorted(steps)
 

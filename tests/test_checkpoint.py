@@ -155,9 +155,10 @@ def test_when_no_checkpoint_is_intact_the_error_lists_what_was_tried(tmp_path):
     assert f"{d.meta_path(4)} (truncated" in message and f"{d.numbered_path(1)} (empty file)" in message
 
 
-def test_a_kill_between_checksum_and_rename_leaves_a_detectably_stale_file(tmp_path, monkeypatch):
+def test_a_kill_between_checksum_and_rename_leaves_the_previous_version_valid(tmp_path, monkeypatch):
     """The checksum file is put in place before the checkpoint: a kill between the two leaves the old
-    file with the new checksum, which reads as damaged, so the older generation is used."""
+    file with the new checksum file, which also records the old file's checksum, so the old file still
+    verifies; bytes that are neither version do not."""
     d = checkpoint.CheckpointDir(str(tmp_path))
     d.save_meta({"step": 2})
     d.save_numbered(1, {"step": 3, "w": torch.zeros(10)})
@@ -172,6 +173,10 @@ def test_a_kill_between_checksum_and_rename_leaves_a_detectably_stale_file(tmp_p
     with pytest.raises(KeyboardInterrupt):
         d.save_numbered(1, {"step": 3, "w": torch.ones(10)})  # the same step, other bytes (as on a GPU)
     monkeypatch.undo()
+    assert "previous" in checkpoint.read_sidecar(d.numbered_path(1))
+    path, state = d.load_newest()
+    assert path == d.numbered_path(1) and torch.equal(state["w"], torch.zeros(10))
+    _damage(path, "one flipped byte")
     assert d.load_newest()[1]["step"] == 2
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
 import scoresde.models.mlp  # noqa: F401  (registers the "mlp" network)
-from scoresde import checkpoint, datasets, distributed, likelihood, losses, sde_lib
+from scoresde import checkpoint, datasets, distributed, divergence, likelihood, losses, sde_lib
 from scoresde.datasets.loader import step_seed
 from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn, load_original_checkpoint
 from scoresde.models.common import null_label
@@ -192,19 +192,85 @@ def setup(config, workdir: str) -> Run:
                checkpoints=checkpoint.CheckpointDir(workdir))
 
 
-def restore_newest(run: Run) -> bool:
-    """Load the newest checkpoint of the run's workdir, if there is one."""
-    state = run.checkpoints.load_newest(map_location=run.device)
-    if state is None:
-        return False
-    run.load_state_dict(state)
-    return True
+# config fields that may change between a checkpoint and the run that loads it: not the network's shape
+_NETWORK_FIELDS_FREE = ("ema_rate", "dropout")
+
+
+def check_network_matches(config, state: Dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint written with other network fields (``config.model.*`` but the EMA rate and
+    dropout, ``data.image_size``, ``data.num_channels``) than ``config``'s, listing every difference."""
+    try:
+        saved = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        return  # a checkpoint without its config: torch's strict loading is the only check left
+    current = json.loads(config.to_json_best_effort())
+    fields = [("model", k) for k in sorted(set(saved.get("model", {})) | set(current["model"]))
+              if k not in _NETWORK_FIELDS_FREE] + [("data", "image_size"), ("data", "num_channels")]
+    missing = object()
+    differ = [(f"{group}.{key}", saved.get(group, {}).get(key, missing), current[group].get(key, missing))
+              for group, key in fields
+              if saved.get(group, {}).get(key, missing) != current[group].get(key, missing)]
+    if differ:
+        def show(value):
+            return "(unset)" if value is missing else json.dumps(value)
+        listing = ", ".join(f"config.{name} = {show(now)} (checkpoint: {show(then)})" for name, then, now in differ)
+        fix = " ".join(f"--config.{name}={show(then)}" for name, then, _ in differ if then is not missing)
+        raise checkpoint.CheckpointError(f"{path} holds another network than the config asks for: {listing}. "
+                                         f"Use the checkpoint's values ({fix}) or another --workdir")
+
+
+def _apply_state(run: Run, state: Dict[str, Any], path: str) -> None:
+    check_network_matches(run.config, state, path)
+    try:
+        run.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:  # strict loading: any mismatch left is an error, never ignored
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise checkpoint.CheckpointError(f"{path} does not fit the configured network ({first}); use the "
+                                         f"config it was trained with") from e
+
+
+def restore_newest(run: Run, guard: Optional[divergence.DivergenceGuard] = None,
+                   set_aside_damaged: bool = False) -> Optional[str]:
+    """Load the newest intact checkpoint of the run's workdir, meta or numbered, if there is one, and
+    return its path. Damaged ones are skipped with a warning (and renamed ``*.damaged`` when
+    ``set_aside_damaged``: for the process that holds the workdir's lock)."""
+    def set_aside(e: checkpoint.DamagedCheckpoint) -> None:
+        if set_aside_damaged:
+            log.warning("renamed the damaged %s to %s", e.path, run.checkpoints.set_aside(e.path))
+    found = run.checkpoints.load_newest(map_location=run.device, on_damaged=set_aside)
+    if found is None:
+        return None
+    path, state = found
+    _apply_state(run, state, path)
+    if guard is not None:
+        guard.load_state_dict(state.get("divergence_guard", {}))
+    return path
+
+
+def _check_numbered_collisions(run: Run) -> None:
+    """Refuse, before any training, a ``training.snapshot_freq`` under which a numbered checkpoint still to
+    be written would land on one that holds another step."""
+    t = run.config.training
+    first = (run.step // t.snapshot_freq + 1) * t.snapshot_freq
+    for step in range(first, t.n_iters + 1, t.snapshot_freq):
+        n = step // t.snapshot_freq
+        held = run.checkpoints.numbered_step(n, read=True)
+        if held is not None and held != step:
+            raise _fail("training.snapshot_freq", t.snapshot_freq,
+                        f"{run.checkpoints.numbered_path(n)} holds step {held}, and this run would overwrite it "
+                        f"with step {step} (n = step // snapshot_freq); resume with the snapshot_freq of the "
+                        f"existing checkpoints (--config.training.snapshot_freq={held // n}) or use another "
+                        f"--workdir")
 
 
 def load_for_inference(run: Run, path: str, use_ema: bool = True) -> int:
-    """Load the network (with the EMA weights when ``use_ema``) from ``path``; returns its step."""
-    state = checkpoint.load(path, map_location=run.device)
-    run.load_state_dict(state)
+    """Load the network (with the EMA weights when ``use_ema``) from ``path``; returns its step.
+    A damaged file raises :class:`scoresde.checkpoint.DamagedCheckpoint`."""
+    return _ready_for_inference(run, checkpoint.load(path, map_location=run.device), path, use_ema)
+
+
+def _ready_for_inference(run: Run, state: Dict[str, Any], path: str, use_ema: bool) -> int:
+    _apply_state(run, state, path)
     if use_ema:
         run.ema.copy_to(run.model.parameters())
     run.model.eval()
@@ -313,31 +379,66 @@ def draw_samples(run: Run, num: int, batch_size: int, seed_keys: Tuple[int, ...]
 
 # ----------------------------------------------------------------------------- training
 
-class NonFiniteLoss(FloatingPointError):
-    pass
+class Diverged(FloatingPointError):
+    """Training stopped by the divergence guard (a NaN/inf loss, or a loss or gradient norm far above its
+    running median for several steps)."""
+
+
+NonFiniteLoss = Diverged  # the former name
+
+
+def _advice(run: Run, last_good: Optional[Tuple[str, int]]) -> str:
+    if last_good is None:
+        where = "No state was saved before the divergence began"
+    else:
+        where = (f"The last good checkpoint is {last_good[0]} (step {last_good[1]}, saved before the divergence "
+                 f"began); rerunning resumes from it")
+    o = run.config.optim
+    return (f"{where}. Lower optim.lr (now {o.lr:g}), raise optim.warmup (now {o.warmup}), set optim.grad_clip "
+            f"(now {o.grad_clip:g}) or check the data (is it scaled as data.centered says?).")
+
+
+def forward_backward(run: Run, model: torch.nn.Module, loss_fn, batch, step: int,
+                     metrics: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, Optional[float]]:
+    """First half of update number ``step + 1``: the loss of the current weights (state ``step``) and its
+    gradients, changing no state. Returns the loss (detached) and the global gradient norm (``None``
+    where an fp16 GradScaler overflowed: the scaler skips that update itself)."""
+    config = run.config
+    torch.manual_seed(step_seed(config.seed, run.dist.rank, step, _GLOBAL))  # dropout
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = batch_loss(run, loss_fn, model, batch, _generator(run.device, config.seed, run.dist.rank, step, _LOSS),
+                      label_dropout=config.training.label_dropout, metrics=metrics)
+    run.grad_scaler.scale(loss).backward()
+    grads = [p.grad.detach() for p in run.model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads \
+        else torch.zeros(())
+    norm = norm.item() / (run.grad_scaler.get_scale() if run.grad_scaler.is_enabled() else 1.0)
+    if run.grad_scaler.is_enabled() and not math.isfinite(norm):
+        return loss.detach(), None
+    return loss.detach(), norm
+
+
+def apply_update(run: Run, step: int) -> None:
+    """Second half of update number ``step + 1``: ``losses.optimization_step`` (warm-up, clipping, Adam)
+    with the gradients of :func:`forward_backward`, then the EMA."""
+    o = run.config.optim
+    losses.optimization_step(run.optimizer, run.model.parameters(), step + 1, lr=o.lr, warmup=o.warmup,
+                             grad_clip=o.grad_clip, grad_scaler=run.grad_scaler)
+    run.ema.update(run.model.parameters())
 
 
 def train_step(run: Run, model: torch.nn.Module, loss_fn, batch, step: int,
                metrics: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
     """Update number ``step + 1``: loss, backward, ``losses.optimization_step`` (warm-up, clipping, Adam),
-    EMA. Raises :class:`NonFiniteLoss` (before any update) on a NaN/inf loss. ``metrics`` (a dict) gets the
-    loss's further scalars (a classifier's accuracy)."""
-    config, optimizer = run.config, run.optimizer
-    torch.manual_seed(step_seed(config.seed, run.dist.rank, step, _GLOBAL))  # dropout
-    optimizer.zero_grad(set_to_none=True)
-    loss = batch_loss(run, loss_fn, model, batch, _generator(run.device, config.seed, run.dist.rank, step, _LOSS),
-                      label_dropout=config.training.label_dropout, metrics=metrics)
-    finite = distributed.mean_over_ranks(torch.isfinite(loss.detach()).float(), run.dist)
-    if finite.item() < 1:
-        raise NonFiniteLoss(f"the training loss is {loss.item()} at step {step + 1}; stopping. The last good "
-                            f"checkpoint is {run.checkpoints.newest()}. Lower optim.lr, raise optim.warmup or "
-                            f"check the data (is it scaled as data.centered says?).")
-    run.grad_scaler.scale(loss).backward()
-    losses.optimization_step(optimizer, run.model.parameters(), step + 1, lr=config.optim.lr,
-                             warmup=config.optim.warmup, grad_clip=config.optim.grad_clip,
-                             grad_scaler=run.grad_scaler)
-    run.ema.update(run.model.parameters())
-    return loss.detach()
+    EMA. Raises :class:`Diverged` (before any update) on a NaN/inf loss. ``metrics`` (a dict) gets the
+    loss's further scalars (a classifier's accuracy). :func:`train` runs the two halves itself, with the
+    divergence guard between them."""
+    loss, _ = forward_backward(run, model, loss_fn, batch, step, metrics=metrics)
+    value = _over_ranks(run, loss)
+    if not math.isfinite(value):
+        raise Diverged(f"the training loss is {value} at step {step + 1}; stopping. {_advice(run, None)}")
+    apply_update(run, step)
+    return loss
 
 
 class TrainLog:
@@ -381,14 +482,58 @@ class TrainLog:
             self.jsonl.close()
 
 
-def save_training_state(run: Run, numbered: bool) -> None:
-    """Meta checkpoint (always) and, when ``numbered``, ``checkpoint_<step // snapshot_freq>.pth``."""
+def save_training_state(run: Run, numbered: Optional[int] = None,
+                        guard: Optional[divergence.DivergenceGuard] = None) -> Optional[str]:
+    """Numbered checkpoint ``checkpoint_<numbered>.pth`` when given, else a meta checkpoint (the newest
+    state is then the numbered one; two files of one state would double the I/O). The guard's history
+    goes with it. Returns the path (rank 0; other ranks write nothing and return ``None``)."""
     if not run.dist.is_main:
-        return
+        return None
     state = run.state_dict()
-    if numbered:
-        run.checkpoints.save_numbered(run.step // run.config.training.snapshot_freq, state)
-    run.checkpoints.save_meta(state)
+    if guard is not None:
+        state["divergence_guard"] = guard.state_dict()
+    if numbered is not None:
+        return run.checkpoints.save_numbered(numbered, state)
+    return run.checkpoints.save_meta(state)
+
+
+def _weights_finite(run: Run) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+
+
+def make_guard(config) -> divergence.DivergenceGuard:
+    """The divergence guard of ``config.training.divergence_*``, checked."""
+    t = config.training
+    for name in ("divergence_window", "divergence_patience"):
+        value = t[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(f"training.{name}", value, "must be a positive integer")
+    factor = t.divergence_factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 0:
+        raise _fail("training.divergence_factor", factor, "must be a number >= 0 (0: only NaN/inf stop training)")
+    if 0 < factor <= 1:
+        raise _fail("training.divergence_factor", factor, "must be above 1 (a multiple of the running median), "
+                    "or 0 to turn the median rule off")
+    return divergence.DivergenceGuard(factor=factor, window=t.divergence_window, patience=t.divergence_patience)
+
+
+def _start_training(run: Run) -> Optional[checkpoint.WorkdirLock]:
+    """Rank 0: lock the workdir, delete what killed saves left, write ``config.json``."""
+    if not run.dist.is_main:
+        return None
+    lock = checkpoint.WorkdirLock(run.workdir)
+    taken_over = lock.acquire()
+    if taken_over:
+        log.warning("%s", taken_over)
+    try:
+        for path in run.checkpoints.remove_leftovers():
+            log.warning("removed %s, left by a save that was interrupted", path)
+        checkpoint.atomic_write_bytes(run.config.to_json_best_effort(indent=2).encode(),
+                                      os.path.join(run.workdir, "config.json"))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def snapshot_samples(run: Run) -> Optional[str]:
@@ -410,15 +555,27 @@ def train(config, workdir: str) -> List[float]:
     """Train from the newest checkpoint of ``workdir`` (or from scratch) to ``training.n_iters`` steps.
     Returns this process's per-step training losses (for tests and the benchmark)."""
     run = setup(config, workdir)
-    if run.dist.is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    resumed = restore_newest(run)
-    log.info("%s at step %d; seed %d; %d parameters; world size %d; device %s",
-             "resuming" if resumed else "starting", run.step, config.seed,
+    guard = make_guard(config)
+    lock = _start_training(run)
+    try:
+        return _train(run, guard)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(run: Run, guard: divergence.DivergenceGuard) -> List[float]:
+    config, workdir = run.config, run.workdir
+    # rank 0 first: it may rename damaged files, which the other ranks then no longer see
+    resumed = restore_newest(run, guard, set_aside_damaged=True) if run.dist.is_main else None
+    distributed.barrier(run.dist)
+    if not run.dist.is_main:
+        resumed = restore_newest(run, guard)
+    log.info("%s at step %d%s; seed %d; %d parameters; world size %d; device %s",
+             "resuming" if resumed else "starting", run.step, f" from {resumed}" if resumed else "", config.seed,
              sum(p.numel() for p in run.model.parameters()), run.dist.world_size, run.device)
     t = config.training
+    _check_numbered_collisions(run)
     train_data, eval_data = datasets.get_data_iterators(
         config, rank=run.dist.rank, world_size=run.dist.world_size, start_step=run.step,
         eval_start_step=run.step // t.eval_freq)
@@ -429,10 +586,36 @@ def train(config, workdir: str) -> List[float]:
     train_loss, eval_loss = make_loss_fn(run, train=True), make_loss_fn(run, train=False)
     logger = TrainLog(run)
     history = []
+    # saves due for the current state, made once the next update's forward pass has shown the state to be
+    # good (finite, not diverging); deferred while it is suspect. The final state is judged by one more
+    # forward pass (that of the update which would come next).
+    due_numbered, due_meta = None, False
+    last_good = (resumed, run.step) if resumed else None
     try:
-        while run.step < t.n_iters:
+        while run.step < t.n_iters or due_numbered is not None or due_meta:
             metrics = {}
-            loss = train_step(run, model, train_loss, next(train_iter), run.step, metrics=metrics)
+            loss, grad_norm = forward_backward(run, model, train_loss, next(train_iter), run.step, metrics=metrics)
+            value = _over_ranks(run, loss)
+            verdict = guard.check(value, grad_norm)
+            if verdict.stop:
+                raise Diverged(f"{verdict.reason} at step {run.step + 1}; training stopped. {_advice(run, last_good)}")
+            if (due_numbered is not None or due_meta) and not verdict.suspect:
+                if not _weights_finite(run):
+                    raise Diverged(f"the weights at step {run.step} are not finite; training stopped. "
+                                   f"{_advice(run, last_good)}")
+                path = save_training_state(run, due_numbered, guard)
+                last_good = (path, run.step)
+                due_numbered, due_meta = None, False
+            elif verdict.suspect:
+                log.warning("step %d: %s; %s", run.step + 1, verdict.reason,
+                            "its state is not saved" if due_numbered is not None or due_meta else "watching")
+            guard.record(verdict, value, grad_norm)
+            if run.step >= t.n_iters:  # the final state was judged; no update beyond n_iters
+                if due_numbered is not None or due_meta:
+                    raise Diverged(f"the final state (step {run.step}) is not saved: {verdict.reason}. "
+                                   f"{_advice(run, last_good)}")
+                break
+            apply_update(run, run.step)
             run.step += 1
             history.append(loss.item())
             if run.step % t.log_freq == 0 or run.step == t.n_iters:
@@ -446,10 +629,12 @@ def train(config, workdir: str) -> List[float]:
                 logger.scalars(run.step, eval_loss=_over_ranks(run, value),
                                **{f"eval_{k}": _over_ranks(run, v) for k, v in metrics.items()})
             # numbered checkpoints only at multiples of snapshot_freq (n = step // snapshot_freq, never
-            # overwritten); the final state of a run always goes to the meta checkpoint
+            # overwritten); the final state of a run always goes to a meta checkpoint, if no numbered one
             snapshot = run.step % t.snapshot_freq == 0
-            if snapshot or run.step % t.snapshot_freq_for_preemption == 0 or run.step == t.n_iters:
-                save_training_state(run, numbered=snapshot)
+            if snapshot:
+                due_numbered = run.step // t.snapshot_freq
+            if run.step % t.snapshot_freq_for_preemption == 0 or run.step == t.n_iters:
+                due_meta = True
             if snapshot:
                 grid = snapshot_samples(run)
                 if grid:
@@ -591,7 +776,7 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
         return {}
     e = config.eval
     folder = os.path.join(workdir, eval_folder or e.eval_folder)
-    out = {}
+    out, damaged = {}, []
     for n in range(e.begin_ckpt, e.end_ckpt + 1):
         path = run.checkpoints.numbered_path(n)
         if not os.path.isfile(path):
@@ -607,7 +792,12 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
             log.info("checkpoint %d: already evaluated (%s)", n, results.path)
             out[n] = results.data
             continue
-        step = load_for_inference(run, path, use_ema=True)
+        try:
+            step = load_for_inference(run, path, use_ema=True)
+        except checkpoint.DamagedCheckpoint as err:
+            log.warning("skipping %s", err)
+            damaged.append(f"{path} ({err.reason})")
+            continue
         results.put("step", step)
         if "loss" in todo:
             results.put("loss", eval_loss(run))
@@ -620,6 +810,9 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
                 results.put("metrics", eval_metrics(run, x))
         log.info("checkpoint %d: %s", n, json.dumps(results.data))
         out[n] = results.data
+    if damaged and not out:
+        raise checkpoint.CheckpointError(f"no intact checkpoint to evaluate in eval.begin_ckpt..eval.end_ckpt = "
+                                         f"{e.begin_ckpt}..{e.end_ckpt}; tried: {'; '.join(damaged)}")
     return out
 
 
@@ -641,11 +834,19 @@ def sample(config, workdir: str) -> str:
         run.model.eval()
         step = info.step or 0
     else:
-        path = run.checkpoints.newest() if s.ckpt == 0 else run.checkpoints.numbered_path(s.ckpt)
-        if path is None or not os.path.isfile(path):
-            raise FileNotFoundError(f"no checkpoint to sample from in {run.checkpoints.numbered_dir} "
-                                    f"(sampling.ckpt = {s.ckpt}); train first")
-        step = load_for_inference(run, path, use_ema=s.use_ema)
+        if s.ckpt == 0:  # the newest intact state, meta or numbered; damaged ones skipped with a warning
+            found = run.checkpoints.load_newest(map_location=run.device)
+            if found is None:
+                raise FileNotFoundError(f"no checkpoint to sample from in {workdir} (sampling.ckpt = 0); "
+                                        f"train first")
+            path, state = found
+            step = _ready_for_inference(run, state, path, s.use_ema)
+        else:
+            path = run.checkpoints.numbered_path(s.ckpt)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no checkpoint {path} to sample from (sampling.ckpt = {s.ckpt}); "
+                                        f"numbered checkpoints present: {run.checkpoints.numbers() or 'none'}")
+            step = load_for_inference(run, path, use_ema=s.use_ema)
     x, nfe = draw_samples(run, s.num_samples, s.batch_size, (config.seed, step, _SAMPLES), progress=True)
     stem = os.path.join(workdir, s.folder, f"step_{step}_{s.sampler}_seed{config.seed}")
     if run.dist.is_main:

@@ -74,6 +74,13 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     # 'score': a score network (denoising score matching); 'classifier': a noise-conditional classifier
     # (model.name = 'classifier', cross-entropy on noised data) for classifier guidance
     training.objective = "score"
+    # the divergence guard (scoresde.divergence): a state whose loss or gradient norm is more than
+    # divergence_factor times its running median over the last divergence_window steps is suspect and
+    # not saved; divergence_patience suspect steps in a row (or one NaN/inf) stop the run, which then
+    # resumes from the last good state. divergence_factor = 0 keeps only the NaN/inf stop.
+    training.divergence_factor = 100.0
+    training.divergence_window = 200
+    training.divergence_patience = 3
 
     config.optim.beta2 = 0.999
 

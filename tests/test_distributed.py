@@ -54,7 +54,7 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     # each rank computed its loss on its own shard of the batch
     assert ranks[0]["history"] != ranks[1]["history"]
     # only rank 0 wrote: one checkpoint, one log
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["checkpoint_1.pth"]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["checkpoint_1.pth", "checkpoint_1.pth.json"]
     assert (workdir / "train_log.jsonl").is_file()
     state = torch.load(workdir / "checkpoints" / "checkpoint_1.pth", weights_only=False)
     assert all(torch.equal(state["model"][k], v) for k, v in ranks[0]["model"].items())

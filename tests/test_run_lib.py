@@ -2,6 +2,7 @@
 evaluation (resumable), sampling with any sampler, metrics unavailable, config checks."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -55,9 +56,15 @@ def _weights(path):
 def test_training_writes_checkpoints_logs_and_grids(trained):
     workdir, history = trained
     assert len(history) == 6 and all(torch.isfinite(torch.tensor(history)))
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["checkpoint_1.pth", "checkpoint_2.pth"]
-    meta = checkpoint.load(os.path.join(workdir, "checkpoints-meta", "checkpoint.pth"))
-    assert meta["step"] == 6 and meta["seed"] == 42
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "checkpoint_1.pth", "checkpoint_1.pth.json", "checkpoint_2.pth", "checkpoint_2.pth.json"]
+    # pre-emption checkpoints at steps 2 and 4 (the newest two; 3 and 6 are numbered ones)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints-meta"))) == [
+        "checkpoint_2.pth", "checkpoint_2.pth.json", "checkpoint_4.pth", "checkpoint_4.pth.json"]
+    path, newest = checkpoint.CheckpointDir(workdir).load_newest()
+    assert path == os.path.join(workdir, "checkpoints", "checkpoint_2.pth")
+    assert newest["step"] == 6 and newest["seed"] == 42
+    assert not os.path.exists(os.path.join(workdir, "train.lock"))  # released at the end
     for name in ("iter_3.png", "iter_6.png", "iter_6.npz"):
         assert os.path.isfile(os.path.join(workdir, "samples", name))
     with open(os.path.join(workdir, "train_log.jsonl")) as f:
@@ -107,29 +114,22 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_lib.train(config, str(tmp_path))
     meta_dir = tmp_path / "checkpoints-meta"
-    assert os.listdir(meta_dir) == ["checkpoint.pth"]  # no temporary file left behind
-    assert checkpoint.load(str(meta_dir / "checkpoint.pth"))["step"] == 3  # the previous save, intact
+    assert sorted(os.listdir(meta_dir)) == ["checkpoint_2.pth", "checkpoint_2.pth.json"]  # no temporary file
+    assert checkpoint.CheckpointDir(str(tmp_path)).load_newest()[1]["step"] == 3  # the previous save, intact
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert len(run_lib.train(config, str(tmp_path))) == 1  # resumes from step 3
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = losses.get_loss_fn
-
-    def poisoned(sde, **kwargs):
-        loss_fn = real(sde, **kwargs)
-        calls = []
-
-        def wrapped(model, batch, **kw):
-            calls.append(1)
-            value = loss_fn(model, batch, **kw)
-            return value * float("nan") if kwargs["train"] and len(calls) == 3 else value
-        return wrapped
-
-    monkeypatch.setattr(losses, "get_loss_fn", poisoned)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
+    _scaled_training_loss(monkeypatch, {4: float("nan")})  # the 4th pass judges state 3
+    meta = str(tmp_path / "checkpoints-meta" / "checkpoint_2.pth")
+    with pytest.raises(FloatingPointError, match="^" + re.escape(f"the training loss is nan at step 4; training "
+                                                                 f"stopped. The last good checkpoint is {meta} (step 2, "
+                                                                 f"saved before the divergence began)")):
         run_lib.train(tiny_config(), str(tmp_path))
-    assert checkpoint.load(str(tmp_path / "checkpoints-meta" / "checkpoint.pth"))["step"] == 2
+    # state 3 (numbered checkpoint 1) has the NaN loss: it is not saved
+    assert checkpoint.CheckpointDir(str(tmp_path)).load_newest()[0] == meta
+    assert checkpoint.load(meta)["step"] == 2 and not os.path.exists(tmp_path / "checkpoints" / "checkpoint_1.pth")
 
 
 def test_evaluate_writes_results_and_skips_what_is_done(trained, monkeypatch):
@@ -190,6 +190,10 @@ def test_sample_mode_with_any_sampler(trained, sampler, options):
     ({"training.label_dropout": 1.0}, "config.training.label_dropout"),
     ({"training.label_dropout": -0.1}, "config.training.label_dropout"),
     ({"training.label_dropout": 0.1}, "config.training.label_dropout"),  # without model.num_classes
+    ({"training.divergence_patience": 0}, "config.training.divergence_patience"),
+    ({"training.divergence_window": -5}, "config.training.divergence_window"),
+    ({"training.divergence_factor": 0.5}, "config.training.divergence_factor"),
+    ({"training.divergence_factor": float("nan")}, "config.training.divergence_factor"),
 ])
 def test_bad_configs_fail_at_start_naming_the_field(tmp_path, changes, match):
     with pytest.raises(ValueError, match=match.replace(".", r"\.")):
@@ -285,3 +289,195 @@ def test_sample_from_a_checkpoint_of_the_papers_code(trained, tmp_path):
     from_ours = run_lib.sample(config, workdir)
     import numpy as np
     assert np.array_equal(np.load(from_paper + ".npz")["samples"], np.load(from_ours + ".npz")["samples"])
+
+
+# ----------------------------------------------------------------------------- nothing lost (issue 10)
+
+QUICK = {"training.snapshot_sampling": False}
+
+
+def _copy_run(trained, tmp_path):
+    import shutil
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], workdir)
+    return workdir
+
+
+def _same_weights(path_a, path_b):
+    a, b = _weights(path_a), _weights(path_b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_training_run_on_a_workdir_refuses_naming_the_holder(tmp_path):
+    lock = checkpoint.WorkdirLock(str(tmp_path))  # the first run (this process, another open file)
+    lock.acquire()
+    (tmp_path / "config.json").write_text("the first run's")
+    try:
+        with pytest.raises(checkpoint.WorkdirLocked, match=re.escape(f"{tmp_path} is in use by another training "
+                                                                     f"run (pid {os.getpid()} on host ")):
+            run_lib.train(tiny_config(**QUICK), str(tmp_path))
+        assert (tmp_path / "config.json").read_text() == "the first run's"  # untouched
+        assert not os.path.exists(tmp_path / "checkpoints")
+    finally:
+        lock.release()
+    assert len(run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 1}), str(tmp_path))) == 1
+
+
+def test_the_command_line_refuses_a_second_run_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    lock = checkpoint.WorkdirLock(str(tmp_path))
+    lock.acquire()
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run([sys.executable, os.path.join(root, "main.py"), "--config",
+                               os.path.join(root, "configs", "vp", "digits.py"), "--workdir", str(tmp_path),
+                               "--mode", "train"], capture_output=True, text=True, cwd=root, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        lock.release()
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    refusal = [line for line in proc.stderr.splitlines() if "is in use by another training run" in line]
+    assert len(refusal) == 1 and f"(pid {os.getpid()} on host " in refusal[0]
+
+
+def test_a_stale_lock_and_leftover_temporary_files_are_cleaned_up_at_start(trained, tmp_path, caplog):
+    import subprocess
+    workdir = _copy_run(trained, tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with open(os.path.join(workdir, "train.lock"), "w") as f:
+        json.dump({"pid": dead.pid, "host": "elsewhere", "started": "yesterday"}, f)
+    leftover = os.path.join(workdir, "checkpoints-meta", ".tmp-checkpoint_8.pth-k1ll3d")
+    with open(leftover, "wb") as f:
+        f.write(b"\0" * 1000)
+    with caplog.at_level("WARNING", logger="scoresde"):
+        assert run_lib.train(tiny_config(**QUICK), workdir) == []  # finished already
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"took over the lock of a training run that is no longer running (pid {dead.pid} on host elsewhere, " \
+           f"started yesterday; lock file {os.path.join(workdir, 'train.lock')})" in messages
+    assert f"removed {leftover}, left by a save that was interrupted" in messages
+    assert not os.path.exists(leftover) and not os.path.exists(os.path.join(workdir, "train.lock"))
+
+
+def test_resuming_with_another_network_is_refused_listing_the_fields(trained, tmp_path):
+    workdir = _copy_run(trained, tmp_path)
+    config = tiny_config(**QUICK, **{"training.n_iters": 8, "model.nf": 16, "model.ch_mult": (1, 2, 2),
+                                     "model.dropout": 0.0, "model.ema_rate": 0.5})
+    newest = os.path.join(workdir, "checkpoints", "checkpoint_2.pth")
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        run_lib.train(config, workdir)
+    assert str(info.value) == (
+        f"{newest} holds another network than the config asks for: config.model.ch_mult = [1, 2, 2] (checkpoint: "
+        f"[1, 2]), config.model.nf = 16 (checkpoint: 8). Use the checkpoint's values (--config.model.ch_mult=[1, 2] "
+        f"--config.model.nf=8) or another --workdir")  # dropout and the EMA rate may change
+    config.sampling.num_samples = config.sampling.batch_size = 1
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape("config.model.nf = 16 (checkpoint: 8)")):
+        run_lib.sample(config, workdir)
+
+
+def test_a_snapshot_freq_that_would_overwrite_numbered_checkpoints_is_refused(tmp_path):
+    workdir = str(tmp_path)
+    run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 3, "training.snapshot_freq": 1}), workdir)
+    with pytest.raises(ValueError, match=re.escape(
+            "config.training.snapshot_freq = 2: " + os.path.join(workdir, "checkpoints", "checkpoint_2.pth")
+            + " holds step 2, and this run would overwrite it with step 4 (n = step // snapshot_freq); resume "
+              "with the snapshot_freq of the existing checkpoints (--config.training.snapshot_freq=1)")):
+        run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 6, "training.snapshot_freq": 2}), workdir)
+    d = checkpoint.CheckpointDir(workdir)
+    assert [d.numbered_step(n) for n in d.numbers()] == [1, 2, 3]
+    # a change under which no name collides is fine: steps 10 and 20 become checkpoints 1 and 2 ...
+    run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 5, "training.snapshot_freq": 5}), str(tmp_path / "b"))
+    run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 8, "training.snapshot_freq": 4}), str(tmp_path / "b"))
+    b = checkpoint.CheckpointDir(str(tmp_path / "b"))
+    assert [b.numbered_step(n) for n in b.numbers()] == [5, 8]
+
+
+def test_damaged_newest_checkpoints_are_skipped_in_train_sample_and_eval(trained, tmp_path, caplog):
+    workdir = _copy_run(trained, tmp_path)
+    d = checkpoint.CheckpointDir(workdir)
+    newest = d.numbered_path(2)  # step 6
+    with open(newest, "r+b") as f:
+        f.truncate(os.path.getsize(newest) // 3)
+    size = os.path.getsize(d.numbered_path(1))
+    with open(d.numbered_path(1), "wb") as f:  # step 3: random bytes
+        f.write(os.urandom(size))
+    config = tiny_config(**{"sampling.num_samples": 2, "sampling.batch_size": 2, "eval.enable_bpd": False,
+                            "eval.enable_sampling": False})
+    with caplog.at_level("WARNING", logger="scoresde"):
+        stem = run_lib.sample(config, workdir)  # from the newest intact state: meta checkpoint of step 4
+        assert os.path.basename(stem).startswith("step_4_")
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(
+                "no intact checkpoint to evaluate in eval.begin_ckpt..eval.end_ckpt = 1..2; tried: "
+                f"{d.numbered_path(1)} (its bytes do not match the checksum written with it); {newest} (truncated")):
+            run_lib.evaluate(config, workdir, eval_folder="eval_damaged")  # both damaged: each skipped
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"skipping damaged checkpoint {newest}: truncated" in messages
+    assert f"skipping damaged checkpoint {d.numbered_path(1)}: its bytes do not match the checksum" in messages
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scoresde"):
+        history = run_lib.train(config, workdir)  # resumes at step 4 and redoes steps 5 and 6
+    assert history == trained[1][4:]
+    assert _same_weights(newest, os.path.join(trained[0], "checkpoints", "checkpoint_2.pth"))
+    assert os.path.isfile(newest + ".damaged")  # kept for inspection; checkpoint_1, older, was not tried
+    assert not os.path.exists(d.numbered_path(1) + ".damaged")
+    assert f"renamed the damaged {newest} to {newest}.damaged" in [r.getMessage() for r in caplog.records]
+    assert sorted(run_lib.evaluate(config, workdir, eval_folder="eval_after")) == [2]  # 1 is still damaged
+
+
+def test_a_huge_lr_stops_with_the_pre_divergence_state_and_a_sane_lr_resumes_normally(trained, tmp_path):
+    workdir = str(tmp_path)
+    assert run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 4}), workdir) == trained[1][:4]
+    meta_4 = os.path.join(workdir, "checkpoints-meta", "checkpoint_4.pth")
+    with pytest.raises(run_lib.Diverged) as info:  # lr 10: the loss grows to ~1e6, finite
+        run_lib.train(tiny_config(**QUICK, **{"training.n_iters": 12, "optim.lr": 10.0}), workdir)
+    message = str(info.value)
+    assert "\n" not in message and "times its running median" in message
+    assert f"The last good checkpoint is {meta_4} (step 4, saved before the divergence began)" in message
+    assert "Lower optim.lr (now 10)" in message
+    d = checkpoint.CheckpointDir(workdir)
+    path, state = d.load_newest()
+    assert path == meta_4 and state["step"] == 4  # states 5, 6, ... diverged: none was saved
+    assert d.numbers() == [1] and d.meta_steps() == [2, 4]
+    # the weights from before the divergence: those of the uninterrupted run at step 4
+    assert _same_weights(meta_4, os.path.join(trained[0], "checkpoints-meta", "checkpoint_4.pth"))
+    # the advice followed: the original lr resumes from step 4 and ends exactly as the uninterrupted run
+    assert run_lib.train(tiny_config(**QUICK), workdir) == trained[1][4:]
+    assert _same_weights(d.numbered_path(2), os.path.join(trained[0], "checkpoints", "checkpoint_2.pth"))
+
+
+def _scaled_training_loss(monkeypatch, factors):
+    """Multiply the training loss of the k-th training forward pass by ``factors[k]`` (1-based)."""
+    real = losses.get_loss_fn
+
+    def scaled(sde, **kwargs):
+        loss_fn = real(sde, **kwargs)
+        calls = []
+
+        def wrapped(model, batch, **kw):
+            value = loss_fn(model, batch, **kw)
+            if not kwargs["train"]:
+                return value
+            calls.append(1)
+            return value * factors.get(len(calls), 1.0)
+        return wrapped
+
+    monkeypatch.setattr(losses, "get_loss_fn", scaled)
+
+
+def test_a_save_due_at_a_suspect_state_waits_for_the_next_good_one(tmp_path, monkeypatch):
+    _scaled_training_loss(monkeypatch, {5: 1e6})  # the 5th pass judges state 4, a meta save: suspect
+    assert len(run_lib.train(tiny_config(**QUICK), str(tmp_path))) == 6
+    d = checkpoint.CheckpointDir(str(tmp_path))
+    assert d.meta_steps() == [2, 5] and [d.numbered_step(n) for n in d.numbers()] == [3, 6]
+
+
+def test_a_suspect_final_state_is_not_saved_and_the_run_fails(tmp_path, monkeypatch):
+    _scaled_training_loss(monkeypatch, {7: 1e6})  # the 7th pass only judges the final state, 6
+    meta_4 = str(tmp_path / "checkpoints-meta" / "checkpoint_4.pth")
+    with pytest.raises(run_lib.Diverged, match="^" + re.escape("the final state (step 6) is not saved: the training "
+                                                               "loss ") + ".* times its running median .*" +
+                                                re.escape(f"The last good checkpoint is {meta_4} (step 4, ")):
+        run_lib.train(tiny_config(**QUICK), str(tmp_path))
+    assert checkpoint.CheckpointDir(str(tmp_path)).numbers() == [1]

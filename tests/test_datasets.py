@@ -336,7 +336,8 @@ def test_image_decode_error_names_the_file(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "a.jpg")
     (root / "a.jpg").write_bytes((root / "a.jpg").read_bytes()[:800])
     ds = datasets.get_dataset(make_config(dataset="IMAGEFOLDER", root=str(root), image_size=8, num_channels=3))
-    with pytest.raises(ValueError, match=f"cannot read the image {re.escape(str(root / 'a.jpg'))} .*delete or replace it"):
+    bad = re.escape(str(root / "a.jpg"))
+    with pytest.raises(ValueError, match=f"cannot read the image {bad} .*delete or replace it"):
         ds[0]
 
 

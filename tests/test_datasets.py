@@ -18,6 +18,12 @@ from scoresde import datasets
 from scoresde.datasets import images as image_readers
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Records of checked image folders go to the test's own cache, not ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def make_config(**data):
     fields = dict(dataset="DIGITS", root="", image_size=32, num_channels=1, centered=True,
                   random_flip=False, uniform_dequantization=False, num_workers=0, download=False)
@@ -326,6 +332,24 @@ def test_bad_image_in_a_folder_is_named_when_the_data_set_is_built(tmp_path, how
     assert message.startswith(f"{bad} ") and "delete or replace it" in message
     assert ("smaller than the 140x140 centre crop" in message if how == "too small"
             else "is not a readable image" in message)
+
+
+def test_image_folder_check_is_recorded_and_redone_when_a_file_changes(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(_three_band_image(12, 12)).save(root / f"{i}.png")
+    checks, real = [], image_readers._check_each_image
+    monkeypatch.setattr(image_readers, "_check_each_image",
+                        lambda files, m: checks.append(len(files)) or real(files, m))
+    config = make_config(dataset="IMAGEFOLDER", root=str(root), image_size=8, num_channels=3)
+    for _ in range(3):
+        datasets.get_dataset(config)
+    assert checks == [3]  # once: an unchanged set of files is not checked again
+    (root / "1.png").write_text("now a text file")
+    with pytest.raises(ValueError, match=f"{re.escape(str(root / '1.png'))} is not a readable image"):
+        datasets.get_dataset(config)
+    assert checks == [3, 3]
 
 
 def test_image_decode_error_names_the_file(tmp_path):

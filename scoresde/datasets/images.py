@@ -9,6 +9,7 @@ float happens once per batch.
 """
 import abc
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -119,12 +120,41 @@ class ImageFileDataset(ImageDataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), self.labels[index]
 
 
-def check_image_files(files: Sequence[str], min_size: int = 1) -> None:
+def _checked_images_record(files: Sequence[str], min_size: int) -> Optional[str]:
+    """Where a passed check of exactly these files (paths, sizes, modification times) is recorded:
+    ``$XDG_CACHE_HOME/scoresde/checked_images/<sha256>`` (default ``~/.cache``); ``None`` if a file
+    cannot be stat'ed (the check then reports it)."""
+    h = hashlib.sha256(f"min_size={min_size}\n".encode())
+    try:
+        for path in files:
+            st = os.stat(path)
+            h.update(f"{os.path.abspath(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "scoresde", "checked_images", h.hexdigest())
+
+
+def check_image_files(files: Sequence[str], min_size: int = 1, cache: bool = True) -> None:
     """Open every file and check its data (``PIL.Image.verify``: the header, and for PNG every chunk's
     CRC, so garbage, empty, non-image and truncated PNG files are found) and that it is at least
     ``min_size`` pixels on its shorter side. A bad file is a ``ValueError`` naming it, raised when the
     data set is built rather than mid-training. (A truncated JPEG passes ``verify`` and is reported,
-    with its name, when it is decoded.)"""
+    with its name, when it is decoded.) With ``cache``, a passed check is recorded (see
+    :func:`_checked_images_record`), so an unchanged set of files is checked once, not at every start."""
+    record = _checked_images_record(files, min_size) if cache else None
+    if record is not None and os.path.isfile(record):
+        return
+    _check_each_image(files, min_size)
+    if record is not None:
+        try:
+            os.makedirs(os.path.dirname(record), exist_ok=True)
+            open(record, "w").close()
+        except OSError:  # no writable cache: checked again next time
+            pass
+
+
+def _check_each_image(files: Sequence[str], min_size: int) -> None:
     for path in files:
         try:
             with Image.open(path) as img:

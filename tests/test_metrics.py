@@ -438,6 +438,8 @@ def test_cli_warns_about_sets_too_small_for_fid_or_kid(fake_cli, tmp_path, capsy
     assert "40 feature rows for KID, fewer than its subsets of --kid-subset-size 50" in err
     assert cli.main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--kid-subset-size", "40"]) == 0
     assert "for KID" not in capsys.readouterr().err
+    assert cli.main(["stats", str(tmp_path / "a.npz"), str(tmp_path / "stats.npz")]) == 0
+    assert "40 images are too few for a meaningful FID" in capsys.readouterr().err
 
 
 def test_cli_refuses_nan_statistics(fake_cli, tmp_path, capsys):

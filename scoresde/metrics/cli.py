@@ -223,6 +223,7 @@ def run_fid(args) -> int:
 
 def run_stats(args) -> int:
     stats = statistics_of(args.path, _LazyExtractor(args), args.batch_size, args.max_features)
+    warn_if_small(args.path, stats)
     stats.meta.update({k: v for k, v in (("dataset", args.dataset), ("split", args.split)) if v})
     save_statistics(args.out, stats)
     print(f"wrote statistics of {stats.num_images} images to {args.out}")

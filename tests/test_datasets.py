@@ -264,6 +264,18 @@ def test_read_idx_rejects_bad_magic(tmp_path):
         datasets.read_idx(str(path))
 
 
+@pytest.mark.parametrize("how", ["flipped byte", "truncated", "empty", "garbage"])
+def test_damaged_mnist_file_is_named_with_advice(tmp_path, how):
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    values = np.random.default_rng(3).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + np.array([20, 28, 28], ">u4").tobytes() + values.tobytes())
+    _damage(path, how)
+    with pytest.raises(ValueError) as info:
+        datasets.read_idx(str(path))
+    assert str(path) in str(info.value) and "delete it and download it again" in str(info.value)
+
+
 # ----------------------------------------------------------------------------- folders of images
 
 def _three_band_image(width, height):

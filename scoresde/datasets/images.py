@@ -344,18 +344,24 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 def read_idx(path: str) -> np.ndarray:
     """Read an idx file (``.gz`` or raw): magic ``0 0 <type> <ndim>``, then ``ndim`` big-endian
-    uint32 sizes, then the values."""
+    uint32 sizes, then the values. A damaged file is a ``ValueError`` naming it and saying to delete it."""
+    advice = "; delete it and download it again"
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a truncated or damaged .gz
+        raise ValueError(f"corrupt archive {path!r} ({type(e).__name__}: {e}){advice}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path!r} is not an idx file (bad magic number)")
+        raise ValueError(f"{path!r} is not an idx file (bad magic number){advice}")
     ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path!r} is truncated inside its header{advice}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     count = int(np.prod(dims))
     if len(raw) != 4 + 4 * ndim + count * dtype.itemsize:
-        raise ValueError(f"{path!r}: size does not match its header dims {dims}")
+        raise ValueError(f"{path!r}: size does not match its header dims {dims} (truncated?){advice}")
     return np.frombuffer(raw, dtype, count=count, offset=4 + 4 * ndim).reshape(dims)
 
 

@@ -87,7 +87,12 @@ def _load_config_file(path: str):
         spec = importlib.util.spec_from_file_location("_scoresde_user_config", file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise UserError(f"config file {file!r} defines no get_config() function; a config file returns its "
+                            f"ml_collections.ConfigDict from get_config() (see configs/vp/digits.py)")
         return module.get_config(arg) if arg else module.get_config()
+    except UserError:
+        raise
     except SyntaxError as e:
         raise UserError(f"config file {file!r} has a syntax error at line {e.lineno}: {e.msg}; fix it "
                         f"(python -m py_compile {file} shows where)") from e

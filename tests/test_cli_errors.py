@@ -57,11 +57,17 @@ def test_missing_config_file(tmp_path):
     assert "config file 'configs/vp/no_such_config.py' not found" in line
 
 
-def test_config_file_with_a_syntax_error(tmp_path):
+@pytest.mark.parametrize("text,expected", [
+    ("def get_config():\n    return dict(a=(1, 2\n", "has a syntax error at line 2"),
+    ("def get_config():\n    return undefined_name\n",
+     "failed to load: NameError: name 'undefined_name' is not defined"),
+    ("CONFIG = 1\n", "defines no get_config() function"),
+])
+def test_config_file_with_an_error(tmp_path, text, expected):
     bad = tmp_path / "bad_config.py"
-    bad.write_text("def get_config():\n    return dict(a=(1, 2\n")
+    bad.write_text(text)
     line = error_line(run_main("--config", str(bad), "--workdir", str(tmp_path / "run")))
-    assert f"config file '{bad}' has a syntax error at line 2" in line
+    assert f"config file '{bad}' {expected}" in line
 
 
 @pytest.mark.parametrize("args,expected", [

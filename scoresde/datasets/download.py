@@ -98,11 +98,14 @@ def _write_verified(path: str, md5: str) -> None:
     """Record next to ``path`` (``<path>.md5``) that it matched ``md5`` at its current size and time."""
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".md5-")
+    except OSError:  # a read-only data folder: the archive is verified again next time
+        return
+    try:
         with os.fdopen(fd, "w") as f:
             json.dump(_verified_key(path, md5), f)
         os.replace(tmp, path + ".md5")
-    except OSError:  # a read-only data folder: the archive is verified again next time
-        if "tmp" in locals() and os.path.exists(tmp):
+    except OSError:  # e.g. a full disk: no record, verified again next time
+        if os.path.exists(tmp):
             os.remove(tmp)
 
 

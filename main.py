@@ -273,10 +273,9 @@ def main(argv):
         disk = disk_error(e)
         if disk is not None:
             _exit_with(disk_error_message(disk, FLAGS.workdir, e))
-        # a configuration, data or divergence problem: the message says what it is
-        known = isinstance(e, (ValueError, TypeError, OSError, FloatingPointError, ImportError, UserError))
-        _exit_with(f"{type(e).__name__}: {e}" + ("" if known else f" (an unexpected error: please report it)")
-                   + _DEBUG_HINT)
+        # a configuration, data or divergence problem: the message says what it is; the traceback is in
+        # <workdir>/<mode>.log
+        _exit_with(f"{type(e).__name__}: {e}{_DEBUG_HINT}")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,16 @@ def check_config(config) -> None:
         raise _fail("model.ema_rate", config.model.ema_rate, "must be in [0, 1]")
     if config.optim.optimizer not in ("Adam", "AdamW"):
         raise _fail("optim.optimizer", config.optim.optimizer, "must be 'Adam' or 'AdamW'")
+    lr = config.optim.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise _fail("optim.lr", lr, "the learning rate must be a positive number, e.g. 2e-4")
+    for path in ("eval.begin_ckpt", "eval.end_ckpt"):
+        value = config.eval[path.split(".")[1]]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _fail(path, value, "must be a checkpoint number >= 0")
+    if config.eval.begin_ckpt > config.eval.end_ckpt:
+        raise _fail("eval.begin_ckpt", config.eval.begin_ckpt, f"is after eval.end_ckpt = {config.eval.end_ckpt}: "
+                    "evaluation runs over checkpoints begin_ckpt..end_ckpt; swap them or raise eval.end_ckpt")
     unknown = sorted(set(config.eval.metrics) - set(METRICS))
     if unknown:
         raise _fail("eval.metrics", tuple(config.eval.metrics), f"unknown {unknown}; available: {list(METRICS)}")
@@ -775,6 +785,15 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
     if not run.dist.is_main:
         return {}
     e = config.eval
+    present = [n for n in run.checkpoints.numbers() if e.begin_ckpt <= n <= e.end_ckpt]
+    if not present:
+        found = run.checkpoints.numbers()
+        raise FileNotFoundError(
+            f"no checkpoint to evaluate: {run.checkpoints.numbered_dir} has "
+            + (f"checkpoint_{found[0]}..{found[-1]} but none in eval.begin_ckpt..eval.end_ckpt = "
+               f"{e.begin_ckpt}..{e.end_ckpt}; set --config.eval.begin_ckpt/--config.eval.end_ckpt to that range"
+               if found else "no numbered checkpoints; train first (--mode train), which writes one every "
+               "training.snapshot_freq steps"))
     folder = os.path.join(workdir, eval_folder or e.eval_folder)
     out, damaged = {}, []
     for n in range(e.begin_ckpt, e.end_ckpt + 1):

@@ -60,6 +60,7 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     data = config.data
     data.root = "data"            # where datasets are read from (and downloaded to)
     data.download = False         # fetch a missing dataset that supports it (CIFAR-10)
+    data.archive_md5 = ""         # md5 of the CIFAR-10 archive ("": the official one), checked once
     data.num_workers = 0          # DataLoader worker processes
 
     training = config.training

@@ -2,8 +2,10 @@
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
+import re
 import tarfile
 
 import ml_collections
@@ -14,6 +16,12 @@ from PIL import Image
 
 from scoresde import datasets
 from scoresde.datasets import images as image_readers
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Records of checked image folders go to the test's own cache, not ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def make_config(**data):
@@ -47,7 +55,8 @@ def cifar(tmp_path):
     train = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
     train_labels = sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     return dict(archive=str(archive), folder=str(folder), train=train, train_labels=train_labels,
-                test=batches["test_batch"][0], test_labels=batches["test_batch"][1])
+                test=batches["test_batch"][0], test_labels=batches["test_batch"][1],
+                md5=hashlib.md5(archive.read_bytes()).hexdigest())
 
 
 @pytest.mark.parametrize("where", ["archive", "root_with_archive", "folder", "root_with_folder"])
@@ -58,7 +67,8 @@ def test_cifar10_reads_pixels_labels_and_chw_layout(cifar, where):
         os.remove(cifar["archive"])
     for split, data, labels in [("train", cifar["train"], cifar["train_labels"]),
                                 ("test", cifar["test"], cifar["test_labels"])]:
-        ds = datasets.get_dataset(make_config(dataset="CIFAR10", root=source, num_channels=3), split=split)
+        ds = datasets.get_dataset(make_config(dataset="CIFAR10", root=source, num_channels=3,
+                                              archive_md5=cifar["md5"]), split=split)
         assert len(ds) == len(data)
         x, y = ds[1]
         assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
@@ -105,15 +115,80 @@ def test_cifar10_missing_says_where_and_how(tmp_path):
 
 def test_cifar10_download_on_request(cifar, tmp_path, monkeypatch):
     """data.download=True calls download_cifar10(root); here it is pointed at a file:// archive."""
-    md5 = hashlib.md5(open(cifar["archive"], "rb").read()).hexdigest()
     real = datasets.download_cifar10
     monkeypatch.setattr(datasets, "download_cifar10",
-                        lambda root: real(root, url="file://" + cifar["archive"], md5=md5))
+                        lambda root, md5: real(root, url="file://" + cifar["archive"], md5=md5))
     root = tmp_path / "fresh"
     ds = datasets.get_dataset(make_config(dataset="CIFAR10", root=str(root), num_channels=3,
-                                          download=True), split="test")
+                                          download=True, archive_md5=cifar["md5"]), split="test")
     assert torch.equal(ds.images, torch.from_numpy(cifar["test"].reshape(-1, 3, 32, 32)))
-    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    # the archive, its verified md5 (so it is not hashed again) and the extracted folder
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz",
+                                        "cifar-10-python.tar.gz.md5"]
+
+
+def test_cifar10_present_archive_md5_is_checked_once_and_cached(cifar, monkeypatch):
+    calls = []
+    real = datasets.download.file_digest
+    monkeypatch.setattr(datasets.download, "file_digest", lambda *a: calls.append(a) or real(*a))
+    config = make_config(dataset="CIFAR10", root=cifar["archive"], num_channels=3, archive_md5=cifar["md5"])
+    for _ in range(3):
+        assert len(datasets.get_dataset(config, split="test")) == 4
+    assert calls == [(cifar["archive"], "md5")]  # hashed once; the result is cached next to the archive
+    with open(cifar["archive"] + ".md5") as f:
+        assert json.load(f)["md5"] == cifar["md5"]
+    # the official md5 is the default: this test archive is not the official one
+    with pytest.raises(ValueError, match=f"corrupt archive {re.escape(cifar['archive'])}: its md5 is "
+                                         f"{cifar['md5']}, expected {datasets.CIFAR10_MD5}"):
+        datasets.get_dataset(make_config(dataset="CIFAR10", root=cifar["archive"], num_channels=3))
+
+
+def _damage(path, how):
+    blob = bytearray(open(path, "rb").read())
+    if how == "flipped byte":
+        blob[len(blob) // 2] ^= 0x01
+    elif how == "truncated":
+        blob = blob[: len(blob) // 2]
+    elif how == "empty":
+        blob = b""
+    else:  # garbage of the same size
+        blob = np.random.default_rng(0).integers(0, 256, len(blob), dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(blob))
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "truncated", "empty", "garbage"])
+def test_damaged_cifar10_archive_is_a_corrupt_archive_named_with_advice(cifar, how):
+    config = make_config(dataset="CIFAR10", root=cifar["archive"], num_channels=3, archive_md5=cifar["md5"])
+    datasets.get_dataset(config, split="test")  # verified and cached while intact ...
+    _damage(cifar["archive"], how)               # ... then damaged: the cache no longer matches
+    os.utime(cifar["archive"], ns=(1, 1))       # (even where the clock is too coarse to change mtime)
+    with pytest.raises(ValueError) as info:
+        datasets.get_dataset(config, split="train")
+    message = str(info.value)
+    assert message.startswith(f"corrupt archive {cifar['archive']}: its md5 is ")
+    assert "delete it and download it again" in message and "lacks" not in message
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_damaged_cifar10_batch_file_names_the_folder(cifar, how):
+    _damage(os.path.join(cifar["folder"], "test_batch"), how)
+    with pytest.raises(ValueError) as info:
+        datasets.read_cifar10(cifar["folder"], "test")
+    message = str(info.value)
+    assert message.startswith(f"corrupt CIFAR-10 batch folder {cifar['folder']}: CIFAR batch 'test_batch'")
+    assert f"delete the folder {cifar['folder']}" in message
+    os.remove(os.path.join(cifar["folder"], "data_batch_4"))
+    with pytest.raises(FileNotFoundError, match=f"CIFAR-10 folder {re.escape(cifar['folder'])} lacks data_batch_4"):
+        datasets.read_cifar10(cifar["folder"], "train")
+
+
+def test_offline_download_says_where_to_put_the_file(tmp_path):
+    target = tmp_path / "data" / "cifar-10-python.tar.gz"
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.download_url("file://" + str(tmp_path / "unreachable"), str(target), md5="0" * 32)
+    assert (f"could not download file://{tmp_path / 'unreachable'}" in str(info.value)
+            and f"put it by hand at {target} (md5 {'0' * 32})" in str(info.value))
+    assert os.listdir(tmp_path / "data") == []  # no partial file
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -132,7 +207,8 @@ def test_download_url_verifies_checksum_and_leaves_nothing_on_mismatch(tmp_path)
     datasets.download_url(url, str(out / "b.tar.gz"), sha256=hashlib.sha256(blob).hexdigest())
     with pytest.raises(ValueError, match="checksum mismatch"):
         datasets.download_url(url, str(out / "c.tar.gz"), md5="0" * 32)
-    assert sorted(os.listdir(out)) == ["a.tar.gz", "b.tar.gz"]     # no c, no temporary file
+    # no c, no temporary file; a.tar.gz.md5 records that a.tar.gz was verified
+    assert sorted(os.listdir(out)) == ["a.tar.gz", "a.tar.gz.md5", "b.tar.gz"]
     datasets.extract_archive(path, str(tmp_path / "x"))
     assert (tmp_path / "x" / "hello.txt").read_bytes() == b"hello"
 
@@ -188,6 +264,18 @@ def test_read_idx_rejects_bad_magic(tmp_path):
         datasets.read_idx(str(path))
 
 
+@pytest.mark.parametrize("how", ["flipped byte", "truncated", "empty", "garbage"])
+def test_damaged_mnist_file_is_named_with_advice(tmp_path, how):
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    values = np.random.default_rng(3).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + np.array([20, 28, 28], ">u4").tobytes() + values.tobytes())
+    _damage(path, how)
+    with pytest.raises(ValueError) as info:
+        datasets.read_idx(str(path))
+    assert str(path) in str(info.value) and "delete it and download it again" in str(info.value)
+
+
 # ----------------------------------------------------------------------------- folders of images
 
 def _three_band_image(width, height):
@@ -224,6 +312,69 @@ def test_image_folder_centre_crop_resize_sorting_and_labels(tmp_path):
                           atol=1 / 255)
     grey = datasets.get_dataset(make_config(dataset="FFHQ", root=str(root), image_size=10))
     assert grey[2][0].shape == (1, 10, 10) and grey[2][1] == 0
+
+
+@pytest.mark.parametrize("how", ["text", "empty", "truncated png", "too small"])
+def test_bad_image_in_a_folder_is_named_when_the_data_set_is_built(tmp_path, how):
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(_three_band_image(150, 150)).save(root / f"{i}.png")
+    bad = root / "sub" / "bad.png"
+    if how == "text":
+        bad.write_text("not an image")
+    elif how == "empty":
+        bad.write_bytes(b"")
+    elif how == "truncated png":
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)).save(bad)
+        bad.write_bytes(bad.read_bytes()[:5000])
+    else:
+        Image.fromarray(_three_band_image(100, 100)).save(bad)
+    config = make_config(dataset="CELEBA" if how == "too small" else "IMAGEFOLDER", root=str(root),
+                         image_size=8, num_channels=3)
+    if how == "too small":  # CelebA's 140x140 centre crop needs images at least that large
+        os.rename(root, tmp_path / "img_align_celeba")
+        config.data.root = str(tmp_path)
+        bad = tmp_path / "img_align_celeba" / "sub" / "bad.png"
+        (tmp_path / "list_eval_partition.txt").write_text("".join(f"{n} 0\n" for n in
+                                                                   ["0.png", "1.png", "2.png", "3.png", "bad.png"]))
+    with pytest.raises(ValueError) as info:
+        datasets.get_dataset(config)
+    message = str(info.value)
+    assert message.startswith(f"{bad} ") and "delete or replace it" in message
+    assert ("smaller than the 140x140 centre crop" in message if how == "too small"
+            else "is not a readable image" in message)
+
+
+def test_image_folder_check_is_recorded_and_redone_when_a_file_changes(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(_three_band_image(12, 12)).save(root / f"{i}.png")
+    checks, real = [], image_readers._check_each_image
+    monkeypatch.setattr(image_readers, "_check_each_image",
+                        lambda files, m: checks.append(len(files)) or real(files, m))
+    config = make_config(dataset="IMAGEFOLDER", root=str(root), image_size=8, num_channels=3)
+    for _ in range(3):
+        datasets.get_dataset(config)
+    assert checks == [3]  # once: an unchanged set of files is not checked again
+    (root / "1.png").write_text("now a text file")
+    with pytest.raises(ValueError, match=f"{re.escape(str(root / '1.png'))} is not a readable image"):
+        datasets.get_dataset(config)
+    assert checks == [3, 3]
+
+
+def test_image_decode_error_names_the_file(tmp_path):
+    """A truncated JPEG passes the check at construction (PIL cannot tell without decoding it); its
+    decode error still names the file."""
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "a.jpg")
+    (root / "a.jpg").write_bytes((root / "a.jpg").read_bytes()[:800])
+    ds = datasets.get_dataset(make_config(dataset="IMAGEFOLDER", root=str(root), image_size=8, num_channels=3))
+    bad = re.escape(str(root / "a.jpg"))
+    with pytest.raises(ValueError, match=f"cannot read the image {bad} .*delete or replace it"):
+        ds[0]
 
 
 def test_image_folder_missing_or_empty(tmp_path):

@@ -1,6 +1,7 @@
 """Tests of scoresde.metrics: closed forms for FID / KID / IS first, then the network against the
 TorchScript copy of the same weights, the weights lookup and download, the statistics cache, the CLI."""
 import json
+import os
 import urllib.error
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 from scoresde.metrics import (FIDInceptionV3, InceptionFeatureExtractor, StatisticsAccumulator,
                               compute_statistics, evaluate_features, evaluate_samples, frechet_distance,
                               inception_score, kernel_inception_distance, load_or_compute_dataset_stats,
-                              load_statistics, preprocess, tf_bilinear_resize)
+                              load_statistics, preprocess, save_statistics, tf_bilinear_resize)
 from scoresde.metrics import cli, weights
 from scoresde.metrics.scores import polynomial_mmd2_unbiased
 
@@ -395,3 +396,107 @@ def test_cli_fid_between_folder_npz_and_stats(tiny_extractor, tmp_path, monkeypa
     assert "KID: unavailable" in capsys.readouterr().out
     assert cli.main(["fid", str(tmp_path / "missing"), str(npz)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def _cli_error(capsys, *argv) -> str:
+    """Run the CLI expecting a refusal: exit status 2, one line on stderr, no traceback."""
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def fake_cli(tiny_extractor, monkeypatch):
+    monkeypatch.setattr(cli, "InceptionFeatureExtractor", lambda *a, **k: tiny_extractor)
+
+
+def test_cli_checks_the_image_size_over_the_whole_folder(fake_cli, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(7):  # the odd one out is the last image, in the last batch
+        Image.new("RGB", (12, 12) if i < 6 else (16, 12)).save(folder / f"{i}.png")
+    calls, real = [], cli._folder_batches
+    monkeypatch.setattr(cli, "_folder_batches", lambda *a: calls.append(a) or real(*a))
+    line = _cli_error(capsys, "fid", str(folder), str(folder), "--batch-size", "3")
+    assert (f"the images of a folder must share one size: {folder / '0.png'} is 12x12 but {folder / '6.png'} "
+            f"is 16x12") in line
+    assert calls == []  # refused before any feature was computed
+    (folder / "6.png").write_text("text")
+    line = _cli_error(capsys, "fid", str(folder), str(folder))
+    assert f"{folder / '6.png'} is not a readable image" in line
+
+
+def test_cli_warns_about_sets_too_small_for_fid_or_kid(fake_cli, tmp_path, capsys):
+    images = np.random.default_rng(11).integers(0, 256, (40, 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", samples=images)
+    assert cli.main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--kid-subset-size", "50"]) == 0
+    out, err = capsys.readouterr()
+    assert "FID:" in out and "KID:" in out
+    assert f"warning: {tmp_path / 'a.npz'}: 40 images are too few for a meaningful FID (fewer than 2,048" in err
+    assert "40 feature rows for KID, fewer than its subsets of --kid-subset-size 50" in err
+    assert cli.main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--kid-subset-size", "40"]) == 0
+    assert "for KID" not in capsys.readouterr().err
+    assert cli.main(["stats", str(tmp_path / "a.npz"), str(tmp_path / "stats.npz")]) == 0
+    assert "40 images are too few for a meaningful FID" in capsys.readouterr().err
+
+
+def test_cli_refuses_nan_statistics(fake_cli, tmp_path, capsys):
+    rng = np.random.default_rng(12)
+    features = rng.normal(size=(50, 48))
+    good = compute_statistics(features)
+    save_statistics(tmp_path / "good.npz", good)
+    bad_mu = good.mu.copy()
+    bad_mu[3] = np.nan
+    np.savez(tmp_path / "nan.npz", mu=bad_mu, sigma=good.sigma)
+    line = _cli_error(capsys, "fid", str(tmp_path / "good.npz"), str(tmp_path / "nan.npz"))
+    assert f"the statistics of {tmp_path / 'nan.npz'} hold NaN/inf values (1 in mu)" in line
+    with pytest.raises(ValueError, match="NaN/inf"):
+        load_statistics(tmp_path / "nan.npz")
+
+
+def test_cli_accepts_npy_and_refuses_other_files_clearly(fake_cli, tmp_path, capsys):
+    images = np.random.default_rng(13).integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", images)
+    np.savez(tmp_path / "a.npz", samples=images)
+    assert cli.main(["fid", str(tmp_path / "a.npy"), str(tmp_path / "a.npz"), "--no-kid"]) == 0
+    assert abs(float(capsys.readouterr().out.split("FID:")[1].split()[0])) < 1e-3  # the same images
+    (tmp_path / "text.npz").write_text("mu,sigma\n1,2\n")
+    line = _cli_error(capsys, "fid", str(tmp_path / "text.npz"), str(tmp_path / "a.npz"))
+    assert f"{tmp_path / 'text.npz'} is not an .npz archive (not a zip file" in line
+    (tmp_path / "text.npy").write_text("hello")
+    line = _cli_error(capsys, "fid", str(tmp_path / "text.npy"), str(tmp_path / "a.npz"))
+    assert f"{tmp_path / 'text.npy'} is not a NumPy array file" in line
+    np.save(tmp_path / "flat.npy", np.zeros(10, np.uint8))
+    line = _cli_error(capsys, "fid", str(tmp_path / "flat.npy"), str(tmp_path / "a.npz"))
+    assert f"{tmp_path / 'flat.npy'} holds an array of shape (10,); expected images [N, H, W, C]" in line
+    (tmp_path / "a.txt").write_text("x")
+    line = _cli_error(capsys, "fid", str(tmp_path / "a.txt"), str(tmp_path / "a.npz"))
+    assert f"{tmp_path / 'a.txt'}: cannot read a .txt file; give a folder of images" in line
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--kid-subsets", "--kid-subset-size"])
+def test_cli_refuses_zero_counts(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fid", str(tmp_path), str(tmp_path), option, "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be at least 1, got 0" in err and "Traceback" not in err
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        cli.main(["fid", str(tmp_path / "missing"), str(tmp_path), "--debug"])
+
+
+def test_metrics_cli_as_a_process_is_one_line(tmp_path):
+    """``python -m scoresde.metrics`` itself: a refused input is one line and exit status 2."""
+    import subprocess
+    import sys
+    (tmp_path / "text.npz").write_text("not an archive")
+    proc = subprocess.run([sys.executable, "-m", "scoresde.metrics", "fid", str(tmp_path / "text.npz"),
+                           str(tmp_path / "text.npz")], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "is not an .npz archive" in proc.stderr

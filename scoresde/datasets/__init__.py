@@ -7,7 +7,8 @@
 dataset        source (under ``data.root``)
 =============  ==============================================================================
 CIFAR10        ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz``; ``data.download=True``
-               fetches the archive (md5-checked)
+               fetches the archive; its md5 (``data.archive_md5``, default the official one) is
+               checked for a present archive too, once (cached in ``<archive>.md5``)
 MNIST          idx files ``train-images-idx3-ubyte(.gz)`` ... (also under ``MNIST/raw``),
                zero-padded / nearest-upsampled to ``image_size``
 CELEBA         ``img_align_celeba/``: centre 140x140 crop, resized to ``image_size``; split by
@@ -38,8 +39,8 @@ import torch
 
 from ..registry import Registry
 from .download import (CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_MD5, CIFAR10_URL, download_cifar10,
-                       download_url, extract_archive, file_digest)
-from .images import (ImageDataset, ImageFileDataset, TensorImageDataset, center_crop, find_cifar10,
+                       download_url, extract_archive, file_digest, verify_archive)
+from .images import (ImageDataset, ImageFileDataset, TensorImageDataset, center_crop, check_image_files, find_cifar10,
                      find_file, find_images, labels_from_folders, match_channels, mnist_search_dirs,
                      pad_to_size, read_cifar10, read_digits, read_idx, read_mnist, resize_center_crop,
                      resize_uint8, check_num_channels, MNIST_FILES)
@@ -51,7 +52,8 @@ __all__ = [
     "DATASETS", "get_dataset", "get_dataloader", "get_data_iterators", "get_data_scaler",
     "get_data_inverse_scaler", "center", "uncenter", "identity", "dequantize_counts", "random_flip",
     "DataStream", "ImageDataset", "TensorImageDataset", "ImageFileDataset", "PointDataset",
-    "download_url", "download_cifar10", "extract_archive", "file_digest", "read_cifar10", "read_idx",
+    "download_url", "download_cifar10", "extract_archive", "file_digest", "verify_archive", "check_image_files",
+    "read_cifar10", "read_idx",
     "read_mnist", "read_digits", "find_images", "pad_to_size", "resize_uint8", "center_crop",
     "resize_center_crop", "TOY_DISTRIBUTIONS", "sample_toy", "eight_gaussians",
     "eight_gaussians_mixture", "checkerboard", "swiss_roll", "two_moons",
@@ -112,14 +114,17 @@ def _in_memory(images, labels, config, fit) -> TensorImageDataset:
 def _cifar10(config, split: str) -> TensorImageDataset:
     root = _root(config)
     _num_channels(config, (3,))
+    md5 = _field(config.data, "archive_md5", None) or CIFAR10_MD5
     source = find_cifar10(root)
     if source is None and _field(config.data, "download", False):
-        source = download_cifar10(root)
+        source = download_cifar10(root, md5=md5)
     if source is None:
         raise _not_found(
             "CIFAR-10", f"{os.path.join(root, CIFAR10_FOLDER)} and {os.path.join(root, CIFAR10_ARCHIVE)}",
             f"Set config.data.download=True to download it there from {CIFAR10_URL} "
-            f"(md5 {CIFAR10_MD5}), or put the archive (or its extracted folder) there.")
+            f"(md5 {md5}), or put the archive (or its extracted folder) there.")
+    if os.path.isfile(source):  # the archive itself, found in place: checked once (cached next to it)
+        verify_archive(source, md5, how=f" (data.download=True, or by hand from {CIFAR10_URL})")
     return _in_memory(*read_cifar10(source, split), config, resize_uint8)
 
 

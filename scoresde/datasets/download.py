@@ -1,9 +1,12 @@
 """Checksummed, atomic downloads and archive extraction (urllib + tarfile/zipfile only)."""
 import hashlib
+import http.client
+import json
 import os
 import shutil
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from typing import Optional
@@ -45,18 +48,35 @@ def download_url(url: str, path: str, *, md5: Optional[str] = None, sha256: Opti
     Raises ``ValueError`` on a checksum mismatch (nothing is left behind).
     """
     algorithm, expected = _expected_digest(md5, sha256)
-    if os.path.isfile(path) and (algorithm is None or file_digest(path, algorithm) == expected):
-        return path
+    if os.path.isfile(path):
+        if algorithm is None:
+            return path
+        if algorithm == "md5":
+            try:
+                verify_archive(path, expected)
+                return path
+            except ValueError:
+                pass  # damaged: downloaded again below, replacing it only once the new copy checks out
+        elif file_digest(path, algorithm) == expected:
+            return path
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".part")
     try:
         h = hashlib.new(algorithm) if algorithm else None
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
-                if h is not None:
-                    h.update(chunk)
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        if h is not None:
+                            h.update(chunk)
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise FileNotFoundError(
+                    f"could not download {url} ({reason}); if this machine is offline, download it on "
+                    f"another one and put it by hand at {path}"
+                    + (f" ({algorithm} {expected})" if algorithm else "")) from e
         if h is not None and h.hexdigest() != expected:
             raise ValueError(f"checksum mismatch for {url}: expected {algorithm} {expected}, "
                              f"got {h.hexdigest()}; the download was discarded")
@@ -64,7 +84,47 @@ def download_url(url: str, path: str, *, md5: Optional[str] = None, sha256: Opti
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    if algorithm == "md5":
+        _write_verified(path, expected)
     return path
+
+
+def _verified_key(path: str, md5: str) -> dict:
+    st = os.stat(path)
+    return {"md5": md5, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _write_verified(path: str, md5: str) -> None:
+    """Record next to ``path`` (``<path>.md5``) that it matched ``md5`` at its current size and time."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".md5-")
+    except OSError:  # a read-only data folder: the archive is verified again next time
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_verified_key(path, md5), f)
+        os.replace(tmp, path + ".md5")
+    except OSError:  # e.g. a full disk: no record, verified again next time
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def verify_archive(path: str, md5: str, *, how: str = "") -> None:
+    """Check that the archive ``path`` has the md5 ``md5``; ``ValueError`` ("corrupt archive", naming the
+    file and saying to delete it) if not. The result is cached in ``<path>.md5`` (with the file's size
+    and modification time), so an unchanged archive is hashed once, not at every start."""
+    md5 = md5.lower()
+    try:
+        with open(path + ".md5") as f:
+            if json.load(f) == _verified_key(path, md5):
+                return
+    except (OSError, ValueError):
+        pass
+    actual = file_digest(path, "md5")
+    if actual != md5:
+        raise ValueError(f"corrupt archive {path}: its md5 is {actual}, expected {md5} (a truncated or damaged "
+                         f"download); delete it and download it again{how}")
+    _write_verified(path, md5)
 
 
 def extract_archive(archive: str, folder: str) -> None:

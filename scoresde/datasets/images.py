@@ -9,10 +9,12 @@ float happens once per batch.
 """
 import abc
 import gzip
+import hashlib
 import io
 import os
 import pickle
 import tarfile
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -82,7 +84,7 @@ class ImageFileDataset(ImageDataset):
 
     def __init__(self, files: Sequence[str], labels: Optional[Sequence[int]] = None, *,
                  image_size: int, num_channels: int = 3, crop_size=None, resample: str = "bilinear",
-                 class_names: Optional[List[str]] = None):
+                 class_names: Optional[List[str]] = None, check_files: bool = True):
         check_num_channels(num_channels, (1, 3))
         if resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
@@ -94,11 +96,20 @@ class ImageFileDataset(ImageDataset):
             raise ValueError(f"got {len(self.labels)} labels for {len(self.files)} files")
         self.image_size, self.num_channels, self.crop_size = int(image_size), num_channels, crop_size
         self.resample, self.class_names = resample, class_names
+        if check_files:
+            check_image_files(self.files, min_size=crop_size if isinstance(crop_size, int) else 1)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load_uint8(self, index: int) -> Tuple[Tensor, int]:
+        try:
+            return self._load_uint8(index)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors
+            raise ValueError(f"cannot read the image {self.files[index]} ({type(e).__name__}: {e}); "
+                             f"delete or replace it") from e
+
+    def _load_uint8(self, index: int) -> Tuple[Tensor, int]:
         with Image.open(self.files[index]) as img:
             img = img.convert("L" if self.num_channels == 1 else "RGB")
             if self.crop_size is not None:
@@ -107,6 +118,54 @@ class ImageFileDataset(ImageDataset):
             img = resize_center_crop(img, self.image_size, self.resample)
             array = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, -1)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), self.labels[index]
+
+
+def _checked_images_record(files: Sequence[str], min_size: int) -> Optional[str]:
+    """Where a passed check of exactly these files (paths, sizes, modification times) is recorded:
+    ``$XDG_CACHE_HOME/scoresde/checked_images/<sha256>`` (default ``~/.cache``); ``None`` if a file
+    cannot be stat'ed (the check then reports it)."""
+    h = hashlib.sha256(f"min_size={min_size}\n".encode())
+    try:
+        for path in files:
+            st = os.stat(path)
+            h.update(f"{os.path.abspath(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "scoresde", "checked_images", h.hexdigest())
+
+
+def check_image_files(files: Sequence[str], min_size: int = 1, cache: bool = True) -> None:
+    """Open every file and check its data (``PIL.Image.verify``: the header, and for PNG every chunk's
+    CRC, so garbage, empty, non-image and truncated PNG files are found) and that it is at least
+    ``min_size`` pixels on its shorter side. A bad file is a ``ValueError`` naming it, raised when the
+    data set is built rather than mid-training. (A truncated JPEG passes ``verify`` and is reported,
+    with its name, when it is decoded.) With ``cache``, a passed check is recorded (see
+    :func:`_checked_images_record`), so an unchanged set of files is checked once, not at every start."""
+    record = _checked_images_record(files, min_size) if cache else None
+    if record is not None and os.path.isfile(record):
+        return
+    _check_each_image(files, min_size)
+    if record is not None:
+        try:
+            os.makedirs(os.path.dirname(record), exist_ok=True)
+            open(record, "w").close()
+        except OSError:  # no writable cache: checked again next time
+            pass
+
+
+def _check_each_image(files: Sequence[str], min_size: int) -> None:
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+                img.verify()
+        except Exception as e:  # noqa: BLE001  (PIL raises OSError, SyntaxError, struct.error, ...)
+            raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e}); delete or replace "
+                             f"it ({len(files)} image files in the data set)") from e
+        if min(size) < min_size:
+            raise ValueError(f"{path} is {size[0]}x{size[1]}, smaller than the {min_size}x{min_size} centre "
+                             f"crop of this data set; delete or replace it")
 
 
 # ----------------------------------------------------------------------------- PIL transforms
@@ -178,6 +237,10 @@ def pad_to_size(images: Tensor, size: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
+class _RefusedPickle(pickle.UnpicklingError):
+    """A CIFAR batch that names a class outside the allowed set (tampered, not merely damaged)."""
+
+
 class _CIFARUnpickler(pickle.Unpickler):
     """Unpickles only what the CIFAR batches contain (dicts, lists, bytes and numpy arrays), so a
     tampered file cannot run code."""
@@ -187,14 +250,20 @@ class _CIFARUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which is not allowed")
+            raise _RefusedPickle(f"CIFAR batch refers to {module}.{name}, which is not allowed")
         if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
             module = "numpy._core." + module[len("numpy.core."):]
         return super().find_class(module, name)
 
 
 def _unpickle_cifar_batch(blob: bytes, name: str) -> Tuple[np.ndarray, np.ndarray]:
-    d = _CIFARUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    try:
+        d = _CIFARUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except _RefusedPickle:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, UnicodeDecodeError) as e:  # what a damaged pickle raises
+        raise ValueError(f"CIFAR batch {name!r} is not a readable pickle ({type(e).__name__}: {e})") from e
     data = d.get(b"data", d.get("data")) if isinstance(d, dict) else None
     labels = d.get(b"labels", d.get("labels")) if isinstance(d, dict) else None
     if data is None or labels is None:
@@ -244,10 +313,25 @@ def _read_cifar_blobs(source: str, names: Sequence[str]) -> Dict[str, bytes]:
 def read_cifar10(source: str, split: str) -> Tuple[Tensor, Tensor]:
     """Read the pickled CIFAR-10 batches (``data_batch_1..5`` for train, ``test_batch`` for test)
     from the extracted folder or the ``.tar.gz`` itself: ``uint8 [N, 3, 32, 32]``, ``int64 [N]``.
-    Each row of ``b'data'`` is 1024 red, then 1024 green, then 1024 blue values, row-major."""
+    Each row of ``b'data'`` is 1024 red, then 1024 green, then 1024 blue values, row-major.
+    A damaged archive or batch file is a ``ValueError`` that names it and says to delete it."""
     names = cifar10_batch_names(split)
-    blobs = _read_cifar_blobs(source, names)
-    parts = [_unpickle_cifar_batch(blobs[n], n) for n in names]
+    folder = os.path.isdir(source)
+    what = (f"delete the folder {source} and extract the archive again (or set data.download=True)" if folder
+            else f"delete {source} and download it again (data.download=True)")
+    try:
+        blobs = _read_cifar_blobs(source, names)
+        parts = [_unpickle_cifar_batch(blobs[n], n) for n in names]
+    except _RefusedPickle:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"corrupt CIFAR-10 {'batch folder' if folder else 'archive'} {source}: {e}; {what}") from e
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and folder:
+            raise FileNotFoundError(f"CIFAR-10 folder {source} lacks {os.path.basename(e.filename)}; {what}") from e
+        if isinstance(e, gzip.BadGzipFile) or (not folder and e.errno is None):
+            raise ValueError(f"corrupt CIFAR-10 archive {source}: {e}; {what}") from e
+        raise
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(images), torch.from_numpy(labels)
@@ -260,18 +344,24 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 def read_idx(path: str) -> np.ndarray:
     """Read an idx file (``.gz`` or raw): magic ``0 0 <type> <ndim>``, then ``ndim`` big-endian
-    uint32 sizes, then the values."""
+    uint32 sizes, then the values. A damaged file is a ``ValueError`` naming it and saying to delete it."""
+    advice = "; delete it and download it again"
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a truncated or damaged .gz
+        raise ValueError(f"corrupt archive {path!r} ({type(e).__name__}: {e}){advice}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path!r} is not an idx file (bad magic number)")
+        raise ValueError(f"{path!r} is not an idx file (bad magic number){advice}")
     ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path!r} is truncated inside its header{advice}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     count = int(np.prod(dims))
     if len(raw) != 4 + 4 * ndim + count * dtype.itemsize:
-        raise ValueError(f"{path!r}: size does not match its header dims {dims}")
+        raise ValueError(f"{path!r}: size does not match its header dims {dims} (truncated?){advice}")
     return np.frombuffer(raw, dtype, count=count, offset=4 + 4 * ndim).reshape(dims)
 
 

@@ -101,6 +101,18 @@ def save_statistics(path, stats: FeatureStatistics) -> Path:
     return path
 
 
+def check_finite(stats: FeatureStatistics, source) -> FeatureStatistics:
+    """Refuse statistics with NaN/inf entries (broken images or a broken file), naming their source."""
+    bad = {name: int(np.size(a) - np.isfinite(a).sum()) for name, a in
+           (("mu", stats.mu), ("sigma", stats.sigma), ("features", stats.features)) if a is not None}
+    bad = {name: n for name, n in bad.items() if n}
+    if bad:
+        counts = ", ".join(f"{n} in {k}" for k, n in bad.items())
+        raise ValueError(f"the statistics of {source} hold NaN/inf values ({counts}): the images or the file are "
+                         f"broken; recompute them from finite images")
+    return stats
+
+
 def is_statistics_file(path) -> bool:
     """Whether ``path`` is an ``.npz`` holding ``mu`` and ``sigma``, or ``pool_3`` features."""
     with np.load(path, allow_pickle=False) as data:
@@ -112,16 +124,17 @@ def load_statistics(path) -> FeatureStatistics:
     (pytorch-fid, ...), or one holding all features under ``pool_3`` (the paper's TF code's files)."""
     with np.load(path, allow_pickle=False) as data:
         if ("mu" not in data.files or "sigma" not in data.files) and "pool_3" in data.files:
-            return compute_statistics(data["pool_3"], meta={"source": f"pool_3 features in {path}"})
+            return check_finite(compute_statistics(data["pool_3"], meta={"source": f"pool_3 features in {path}"}),
+                                path)
         if "mu" not in data.files or "sigma" not in data.files:
             raise ValueError(f"{path} is not a statistics file: it needs keys 'mu' and 'sigma' (or "
                              f"'pool_3'), has {data.files}")
         num = int(data["num_images"]) if "num_images" in data.files else -1
-        return FeatureStatistics(
+        return check_finite(FeatureStatistics(
             mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64),
             num_images=None if num < 0 else num,
             features=data["features"] if "features" in data.files else None,
-            meta=json.loads(str(data["meta"])) if "meta" in data.files else {})
+            meta=json.loads(str(data["meta"])) if "meta" in data.files else {}), path)
 
 
 def _batches(images, batch_size: int):

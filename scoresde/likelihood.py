@@ -49,7 +49,10 @@ def hutchinson_divergence(fn: ScoreFn, x: Tensor, t: Tensor, noise: Tensor) -> T
         out = fn(x, t)
         if not out.requires_grad:  # a field that does not depend on x
             return out, out.new_zeros(B)
-        (vjp,) = torch.autograd.grad(out, x, grad_outputs=noise)
+        # v^T dF/dx as the gradient of the scalar <F, v>: the same numbers as grad_outputs=v, but an explicit
+        # grad_outputs makes autograd import torch's symbolic-shapes machinery (and sympy) on first use,
+        # 0.3-1 s of the first likelihood call in a process
+        (vjp,) = torch.autograd.grad(torch.linalg.vecdot(out.reshape(B, -1), noise.reshape(B, -1)).sum(), x)
     return out.detach(), torch.linalg.vecdot(vjp.reshape(B, -1), noise.reshape(B, -1))
 
 

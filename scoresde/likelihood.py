@@ -52,7 +52,7 @@ def hutchinson_divergence(fn: ScoreFn, x: Tensor, t: Tensor, noise: Tensor) -> T
         # v^T dF/dx as the gradient of the scalar <F, v>: the same numbers as grad_outputs=v, but an explicit
         # grad_outputs makes autograd import torch's symbolic-shapes machinery (and sympy) on first use,
         # 0.3-1 s of the first likelihood call in a process
-        (vjp,) = torch.autograd.grad(torch.linalg.vecdot(out.reshape(B, -1), noise.reshape(B, -1)).sum(), x)
+        (vjp,) = torch.autograd.grad(torch.dot(out.reshape(-1), noise.reshape(-1).to(out.dtype)), x)
     return out.detach(), torch.linalg.vecdot(vjp.reshape(B, -1), noise.reshape(B, -1))
 
 

@@ -68,6 +68,8 @@ def check_data(x, name: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor of shape [B, ...], got {got}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): give at least one sample")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on device 'meta', which holds no data; give it on 'cpu' or 'cuda'")
     bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1)
     if bad.any():
         rows = bad.nonzero().flatten().tolist()

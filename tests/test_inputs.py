@@ -144,3 +144,11 @@ def test_valid_inputs_still_sample_and_score():
     assert x.dtype == torch.float64 and x.shape == (4, 2) and nfe == 5
     bpd, _, nfe = get_likelihood_fn(SDE)(SCORE, torch.zeros(3, 2), generator=torch.Generator().manual_seed(0))
     assert bpd.shape == (3,) and torch.isfinite(bpd).all() and nfe > 0
+
+
+def test_data_on_the_meta_device_is_refused():
+    with pytest.raises(ValueError) as err:
+        get_likelihood_fn(SDE)(SCORE, torch.zeros(3, 2, device="meta"))
+    assert str(err.value) == "x is on device 'meta', which holds no data; give it on 'cpu' or 'cuda'"
+    with pytest.raises(ValueError, match="^x_init is on device 'meta'"):
+        sampling.get_sampler("ddim", sde=SDE, shape=(3, 2), nfe=5)(SCORE, x_init=torch.zeros(3, 2, device="meta"))

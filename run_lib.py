@@ -370,8 +370,9 @@ class TrainLog:
         now = time.time()
         rate = (step - self.last_step) * self.images_per_step / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
+        self.bar.set_postfix(loss=f"{loss:.4g}", **{k: f"{v:.3g}" for k, v in extra.items()}, img_per_s=f"{rate:.1f}",
+                             refresh=False)  # before update: a log line carries this step's loss
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{loss:.4g}", **{k: f"{v:.3g}" for k, v in extra.items()}, img_per_s=f"{rate:.1f}")
         self.scalars(step, loss=loss, **extra, images_per_second=rate)
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """Progress output: a live tqdm bar on a terminal, a few whole lines anywhere else (log files, CI, cluster jobs)."""
 import io
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,9 @@ def test_train_and_sample_through_main_write_a_few_progress_lines(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     bars = [line for line in train.stderr.replace("\r", "\n").splitlines() if line.startswith("train:")]
     assert 3 <= len(bars) <= 11 and bars[-1].startswith("train: 100% 300/300 "), train.stderr[-3000:]
+    with open(tmp_path / "train_log.jsonl") as f:
+        last = [json.loads(line) for line in f if '"loss"' in line][-1]
+    assert last["step"] == 300 and f"loss={last['loss']:.4g}," in bars[-1]  # the line shows that step's loss
     sample = subprocess.run([*run, "--mode=sample"], capture_output=True, text=True, cwd=str(ROOT), env=env,
                             timeout=300)
     assert sample.returncode == 0, sample.stderr[-3000:]

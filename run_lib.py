@@ -26,6 +26,7 @@ from scoresde import checkpoint, datasets, distributed, divergence, likelihood, 
 from scoresde.datasets.loader import step_seed
 from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn, load_original_checkpoint
 from scoresde.models.common import null_label
+from scoresde.progress import progress_bar
 from scoresde.models.mlp import sample_shape
 from scoresde.sampling import get_sampler
 from scoresde.sampling.base import SAMPLERS
@@ -455,10 +456,9 @@ class TrainLog:
     """Console progress bar, ``<workdir>/train_log.jsonl`` and TensorBoard scalars (rank 0 only)."""
 
     def __init__(self, run: Run):
-        from tqdm import tqdm
         self.enabled = run.dist.is_main
-        self.bar = tqdm(total=run.config.training.n_iters, initial=run.step, disable=not self.enabled,
-                        dynamic_ncols=True, desc="train")
+        self.bar = progress_bar(total=run.config.training.n_iters, initial=run.step, disable=not self.enabled,
+                                dynamic_ncols=True, desc="train")  # a live bar in a terminal, a few lines in a log
         self.writer = self.jsonl = None
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter
@@ -481,8 +481,9 @@ class TrainLog:
         now = time.time()
         rate = (step - self.last_step) * self.images_per_step / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
+        self.bar.set_postfix(loss=f"{loss:.4g}", **{k: f"{v:.3g}" for k, v in extra.items()}, img_per_s=f"{rate:.1f}",
+                             refresh=False)  # before update: a log line carries this step's loss
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{loss:.4g}", **{k: f"{v:.3g}" for k, v in extra.items()}, img_per_s=f"{rate:.1f}")
         self.scalars(step, loss=loss, **extra, images_per_second=rate)
 
     def close(self) -> None:

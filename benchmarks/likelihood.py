@@ -13,12 +13,21 @@ and out, BLAS left multi-threaded); it is this benchmark's re-implementation of 
 code itself. Its NFE counts ODE evaluations (two score calls each).
 A second table compares ``torch.autograd.grad`` with ``torch.func.vjp`` for the vector-Jacobian product.
 
+A third table times the first likelihood call of a process against the steady state: each row runs ``--cold-runs``
+fresh subprocesses (``python benchmarks/likelihood.py --first-call CASE``), each of which imports scoresde, times
+its first call, then the median of 5 more, and last the import of ``torch.fx.experimental.symbolic_shapes``, the
+module (with sympy) that an explicit ``grad_outputs`` in ``torch.autograd.grad`` imports on first use and that
+the likelihood therefore avoids: that column is the cost the first call no longer pays.
+
 Run: ``python benchmarks/likelihood.py`` (``--quick``: 2 repeats instead of 5 and no paper-style network run;
-``--threads N``: torch intra-op threads, default 1).
+``--threads N``: torch intra-op threads, default 1; ``--only-first-call``: the third table alone).
 """
 import argparse
+import importlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -112,14 +121,73 @@ def run_case(name, score_fn, sde, x, t, v, repeats, warmup, paper_style=True):
     return rows
 
 
+#: first-call cases: name -> (data, batch); the 2-D mixture is the README's example, the image Gaussian the above
+FIRST_CALL_CASES = ("2-D mixture, batch 64", "image Gaussian, batch 64x3x32x32")
+
+
+def first_call_child(case: str) -> None:
+    """In a fresh process: time the first likelihood call, the steady state and the symbolic-shapes import."""
+    sde = sde_lib.VPSDE()
+    if case == FIRST_CALL_CASES[0]:
+        data = analytic.GaussianMixture([0.3, 0.7], means=torch.tensor([[-2.0, 0.0], [2.0, 1.0]]),
+                                        stds=torch.tensor([0.3, 0.5]))
+        x = data.sample(64, generator=torch.Generator().manual_seed(1)).float()
+    else:
+        data = image_gaussian()
+        x = data.sample(IMAGE_SHAPE[0], torch.Generator().manual_seed(1)).float()
+    likelihood_fn = get_likelihood_fn(sde, hutchinson_type="rademacher", rtol=TOL, atol=TOL, method="RK45", eps=EPS)
+    score_fn = data.score_fn(sde)
+    call = lambda: likelihood_fn(score_fn, x, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    start = time.perf_counter()
+    nfe = call()[2]
+    first = time.perf_counter() - start
+    steady = median_time(call, repeats=5, warmup=0)
+    already = "torch.fx.experimental.symbolic_shapes" in sys.modules
+    start = time.perf_counter()
+    importlib.import_module("torch.fx.experimental.symbolic_shapes")  # what grad_outputs= would import
+    symbolic = time.perf_counter() - start
+    print(json.dumps({"first": first, "steady": steady, "nfe": nfe, "symbolic_import": symbolic,
+                      "symbolic_already_imported": already}))
+
+
+def first_call_table(threads: int, runs: int) -> str:
+    rows = []
+    for case in FIRST_CALL_CASES:
+        results = []
+        for _ in range(runs):
+            out = subprocess.run([sys.executable, __file__, "--first-call", case, "--threads", str(threads)],
+                                 capture_output=True, text=True, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        med = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
+        rows.append([case, results[0]["nfe"], f"{med('first'):.3f}", f"{med('steady'):.3f}",
+                     f"{med('first') - med('steady'):.3f}",
+                     "yes" if any(r["symbolic_already_imported"] for r in results) else "no",
+                     f"{med('symbolic_import'):.3f}"])
+    return markdown_table(["case", "NFE", "first call (s)", "steady state (s)", "first - steady (s)",
+                           "symbolic shapes imported by the call", "that import alone (s)"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 timed repeats instead of 5, no paper-style loop for the network")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine two OpenMP threads "
                              "wait on each other and every elementwise op becomes many times slower)")
+    parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per first-call row (median)")
+    parser.add_argument("--only-first-call", action="store_true", help="only the first-call table")
+    parser.add_argument("--first-call", choices=FIRST_CALL_CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.first_call:
+        return first_call_child(args.first_call)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    first_calls = first_call_table(args.threads, args.cold_runs)
+    print(f"first likelihood call in a fresh process, median of {args.cold_runs} processes, torch threads "
+          f"{args.threads}, load average {load:.1f}\n")
+    print(first_calls)
+    if args.only_first_call:
+        return
+    print()
     repeats, warmup = (2, 0) if args.quick else (5, 1)
 
     sde = sde_lib.VPSDE()

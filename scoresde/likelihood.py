@@ -29,7 +29,7 @@ except ImportError:  # optional: without it BLAS keeps its own thread count
 
 from .sampling.base import CountingScore
 from .sde_lib import SDE
-from .utils import batch_broadcast
+from .utils import batch_broadcast, check_data, check_generator
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -49,7 +49,10 @@ def hutchinson_divergence(fn: ScoreFn, x: Tensor, t: Tensor, noise: Tensor) -> T
         out = fn(x, t)
         if not out.requires_grad:  # a field that does not depend on x
             return out, out.new_zeros(B)
-        (vjp,) = torch.autograd.grad(out, x, grad_outputs=noise)
+        # v^T dF/dx as the gradient of the scalar <F, v>: the same numbers as grad_outputs=v, but an explicit
+        # grad_outputs makes autograd import torch's symbolic-shapes machinery (and sympy) on first use,
+        # 0.3-1 s of the first likelihood call in a process
+        (vjp,) = torch.autograd.grad(torch.dot(out.reshape(-1), noise.reshape(-1).to(out.dtype)), x)
     return out.detach(), torch.linalg.vecdot(vjp.reshape(B, -1), noise.reshape(B, -1))
 
 
@@ -124,9 +127,11 @@ class LikelihoodFn:
 
     def __call__(self, score_fn: ScoreFn, x: Tensor, *,
                  generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, int]:
-        if not torch.is_tensor(x) or x.dim() < 2 or not x.is_floating_point():
-            got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must be a floating-point tensor of shape [B, ...], got {got}")
+        if torch.is_tensor(x) and not (x.is_floating_point() or x.is_complex()):
+            raise ValueError(f"x must be a floating-point tensor of shape [B, ...], got a {x.dtype} tensor of shape "
+                             f"{tuple(x.shape)}; for 8-bit data use scoresde.likelihood.uniform_dequantize first")
+        check_data(x, "x")
+        check_generator(generator)
         self._check_linear_drift(x)
         counted = CountingScore(score_fn)
         shape, B, D = x.shape, x.shape[0], x[0].numel()

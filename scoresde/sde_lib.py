@@ -14,7 +14,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .utils import batch_broadcast, check_time, flat_sum
+from .utils import batch_broadcast, check_shape, check_time, flat_sum
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -93,10 +93,7 @@ class SDE(abc.ABC):
         return ReverseSDE(self, score_fn, probability_flow)
 
     def _check_shape(self, shape) -> Tuple[int, ...]:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2 or any(s < 1 for s in shape):
-            raise ValueError(f"shape must be [B, ...] with positive sizes, got {shape}")
-        return shape
+        return check_shape(shape)
 
 
 class ReverseSDE:

@@ -1,5 +1,6 @@
 """Small helpers shared by every module: broadcasting per-sample scalars, input checks, noise."""
-from typing import Optional
+import operator
+from typing import Optional, Tuple
 
 import torch
 
@@ -28,3 +29,63 @@ def flat_sum(x: torch.Tensor) -> torch.Tensor:
 def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Standard normal noise shaped like ``x`` (its device and dtype) drawn from ``generator``."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def check_shape(shape, name: str = "shape") -> Tuple[int, ...]:
+    """``shape`` as a tuple of positive ints ``[B, ...]`` (a batch size and at least one more dimension);
+    ``TypeError``/``ValueError`` naming ``name`` otherwise (a string, ``None``, floats, an empty batch)."""
+    example = "a tuple of ints [B, ...] such as (64, 3, 32, 32)"
+    if shape is None or isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"{name} must be {example}, got {shape!r}")
+    sizes = []
+    for size in shape:
+        try:
+            if isinstance(size, bool):
+                raise TypeError
+            sizes.append(operator.index(size))
+        except TypeError:
+            raise TypeError(f"{name} must be {example}, got {tuple(shape)!r} (entry {size!r} is not an int)") from None
+    if len(sizes) < 2:
+        raise ValueError(f"{name} must be {example} with at least one dimension after the batch, got {tuple(sizes)}")
+    if sizes[0] < 1:
+        raise ValueError(f"{name} = {tuple(sizes)} asks for an empty batch: the batch size {name}[0] must be >= 1")
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"{name} must be [B, ...] with positive sizes, got {tuple(sizes)}")
+    return tuple(sizes)
+
+
+def check_generator(generator, name: str = "generator") -> None:
+    """``TypeError`` unless ``generator`` is ``None`` or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__} {generator!r}")
+
+
+def check_data(x, name: str) -> None:
+    """``ValueError`` unless ``x`` is a floating-point tensor ``[B, ...]`` with ``B >= 1`` and finite entries."""
+    if not torch.is_tensor(x) or x.dim() < 2 or not x.is_floating_point():
+        got = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a floating-point tensor of shape [B, ...], got {got}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): give at least one sample")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on device 'meta', which holds no data; give it on 'cpu' or 'cuda'")
+    bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"{name} holds NaN or inf in {len(rows)} of its {x.shape[0]} samples (first: index "
+                         f"{rows[0]}); give finite values")
+
+
+def check_placement(device, dtype) -> None:
+    """``dtype`` must be a floating-point ``torch.dtype``; ``device`` ``None`` or a real device (not ``'meta'``)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    if device is None:
+        return
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device or a name such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError("device='meta' holds no data, so nothing can be sampled on it; use 'cpu' or 'cuda'")

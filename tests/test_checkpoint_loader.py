@@ -161,3 +161,35 @@ def test_malicious_pickle_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refused"):
         load_original_checkpoint(path, tiny_ve_config())
     assert not target.exists()
+
+
+def test_empty_file_is_named_and_refused(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as err:
+        load_original_checkpoint(path, tiny_ve_config())
+    assert str(err.value) == (f"checkpoint file {str(path)!r} is empty (0 bytes): it was not written completely; "
+                              "download or copy it again")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_are_named_and_refused(tmp_path, seed):
+    size = int(np.random.default_rng(seed).integers(1, 4000))
+    path = tmp_path / "random.pth"
+    path.write_bytes(np.random.default_rng(seed).bytes(size))
+    with pytest.raises(ValueError) as err:
+        restricted_load(path)
+    assert str(err.value) == (f"checkpoint file {str(path)!r} ({size} bytes) is not a readable PyTorch checkpoint: "
+                              "it is damaged, truncated or another kind of file; download or copy it again")
+
+
+def test_truncated_checkpoint_is_named_and_refused(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": {"w": torch.arange(2000.0)}, "step": 3}, whole)
+    data = whole.read_bytes()
+    for cut in range(1, len(data), max(1, len(data) // 60)):
+        path = tmp_path / "cut.pth"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"is not a readable PyTorch checkpoint: it is damaged, truncated"):
+            restricted_load(path)
+    assert restricted_load(whole)["step"] == 3

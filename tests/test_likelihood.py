@@ -241,3 +241,38 @@ def test_zero_score_under_ve_is_the_prior(kind):
     bpd, z, nfe = get_likelihood_fn(sde, hutchinson_type=kind)(lambda x, t: torch.zeros_like(x), x)
     torch.testing.assert_close(z, x)
     torch.testing.assert_close(bpd, bits(sde.prior_logp(x), 6))
+
+
+def test_hutchinson_divergence_matches_grad_outputs_form():
+    """The vector-Jacobian product taken as the gradient of <F, v> equals autograd's grad_outputs=v exactly."""
+    from scoresde.likelihood import hutchinson_divergence
+    g = torch.Generator().manual_seed(3)
+    x, W = torch.randn(5, 3, 4, generator=g), torch.randn(12, 12, generator=g)
+    fn = lambda y, t: torch.tanh(y.reshape(5, 12) @ W).reshape(y.shape) * t[:, None, None]  # noqa: E731
+    t, v = torch.rand(5, generator=g), hutchinson_noise(x, "rademacher", g)
+    out, div = hutchinson_divergence(fn, x, t, v)
+    y = x.clone().requires_grad_(True)
+    (vjp,) = torch.autograd.grad(fn(y, t), y, grad_outputs=v)
+    assert torch.equal(out, fn(x, t))
+    assert torch.equal(div, torch.linalg.vecdot(vjp.reshape(5, -1), v.reshape(5, -1)))
+
+
+def test_first_likelihood_call_imports_no_symbolic_shapes():
+    """A fresh process's first likelihood call must not pull in torch's symbolic-shapes machinery (sympy), which
+    an explicit ``grad_outputs`` does on first use and which cost 0.3-1 s."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, torch\n"
+        "from scoresde import analytic, sde_lib\n"
+        "from scoresde.likelihood import get_likelihood_fn\n"
+        "sde = sde_lib.VPSDE()\n"
+        "data = analytic.Gaussian.diagonal(torch.zeros(3), torch.ones(3))\n"
+        "before = {m for m in ('torch.fx.experimental.symbolic_shapes', 'sympy') if m in sys.modules}\n"
+        "get_likelihood_fn(sde)(data.score_fn(sde), torch.randn(4, 3), generator=torch.Generator().manual_seed(0))\n"
+        "print(sorted(before), sorted(m for m in ('torch.fx.experimental.symbolic_shapes', 'sympy') "
+        "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "[] []"

@@ -404,3 +404,28 @@ def test_score_fn_with_a_real_network_ve():
     x = torch.rand(2, 3, 16, 16)
     score = get_score_fn(sde, model, continuous=True)(x, torch.tensor([0.2, 0.9]))
     assert score.shape == x.shape and not model.training
+
+
+def test_create_model_finds_every_registered_network_without_other_imports():
+    """Every ``@register_model`` in scoresde/models is registered by ``import scoresde.models`` alone, so that
+    ``create_model`` builds e.g. the toy ``mlp`` config in a fresh process (checked in a subprocess, since this
+    test process has imported the network modules already)."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[1]
+    declared = sorted(name for path in (root / "scoresde" / "models").glob("*.py")
+                      for name in re.findall(r'@register_model\("([^"]+)"\)', path.read_text()))
+    assert {"mlp", "ncsnpp", "ddpm", "classifier"} <= set(declared)
+    code = ("import importlib, json\n"
+            "from scoresde.models import create_model, list_models\n"
+            "config = importlib.import_module('configs.vp.toy').get_config()\n"
+            "model = create_model(config)\n"
+            "print(json.dumps([type(model).__name__, sorted(list_models())]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(root), timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+    model_name, registered = json.loads(out.stdout.strip().splitlines()[-1])
+    assert registered == declared
+    assert model_name == "MLPScore"

@@ -6,7 +6,7 @@ Every network is called as ``model(x, noise_labels, class_labels=None)`` with ``
 and ``noise_labels`` [B]; see ``get_score_fn`` for what the labels are for each SDE.
 """
 from scoresde.models.registry import get_model, list_models, register_model
-from scoresde.models import classifier, ddpm, ncsnpp, ncsnv2  # noqa: F401  (register the networks)
+from scoresde.models import classifier, ddpm, mlp, ncsnpp, ncsnv2  # noqa: F401  (register every network)
 from scoresde.models.classifier import get_classifier_fn
 from scoresde.models.checkpoint import CheckpointInfo, load_original_checkpoint, restricted_load
 from scoresde.models.ema import ExponentialMovingAverage

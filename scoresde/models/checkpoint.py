@@ -10,6 +10,7 @@ nothing that can run code. Every mismatch with the network is an error, never ``
 import dataclasses
 import os
 import pickle
+import struct
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -46,16 +47,36 @@ def _numpy_safe_globals() -> List[Any]:
 def restricted_load(path, map_location="cpu") -> Any:
     """``torch.load`` through the restricted unpickler with the numpy allow-list above.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` when the pickle asks for
-    anything else (e.g. ``os.system``)."""
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` when the pickle asks for anything
+    else (e.g. ``os.system``) and ``ValueError`` naming the file when it is empty, truncated or not a
+    PyTorch checkpoint at all."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint file {path!r} is empty (0 bytes): it was not written completely; "
+                         "download or copy it again")
+    unreadable = (f"checkpoint file {path!r} ({os.path.getsize(path)} bytes) is not a readable PyTorch "
+                  "checkpoint: it is damaged, truncated or another kind of file; download or copy it again")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = [line for line in str(err).splitlines() if "GLOBAL" in line]
+        if not refused:  # not a pickle of objects at all: random bytes or a cut-off stream
+            raise ValueError(unreadable) from None
         raise ValueError(f"refused to load {path!r}: it holds objects outside the allow-list of "
-                         f"tensors, containers and numpy scalars ({str(err).splitlines()[0][:300]})") from None
+                         f"tensors, containers and numpy scalars ({refused[0].strip()[:300]})") from None
+    except PermissionError:
+        raise
+    # what torch.load raises on a cut-off or garbled file: a pickle stream ending early (EOFError, IndexError),
+    # a zip archive without its directory (RuntimeError from PytorchStreamReader, OSError on seeking)
+    except (EOFError, IndexError, UnicodeDecodeError, OSError, struct.error):
+        raise ValueError(unreadable) from None
+    except RuntimeError as err:
+        if not any(word in str(err) for word in ("PytorchStreamReader", "zip archive", "corrupted", "EOF")):
+            raise
+        raise ValueError(unreadable) from None
 
 
 @dataclasses.dataclass
@@ -124,6 +145,7 @@ def load_original_checkpoint(path, config, *, use_ema: bool = True,
     ``use_ema=True`` (default) loads the EMA shadow weights, the ones the paper samples with;
     ``False`` loads the raw training weights. Returns ``(model, info)`` with the model in eval
     mode on ``map_location``. Raises ``ValueError`` on any key or shape mismatch."""
+    path = os.fspath(path)
     ckpt = restricted_load(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path!r} is not a checkpoint of the paper's code: expected a dict with "

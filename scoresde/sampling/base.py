@@ -17,7 +17,7 @@ import torch
 
 from ..registry import Registry
 from ..sde_lib import SDE
-from ..utils import batch_broadcast, randn_like
+from ..utils import batch_broadcast, check_data, check_generator, check_placement, randn_like
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -44,7 +44,8 @@ def get_sampler(name: str, *, sde: SDE, shape: Sequence[int], eps: Optional[floa
 
 
 class CountingScore:
-    """Wraps a score function: counts calls (the NFE) and checks the returned shape once."""
+    """Wraps a score function: counts calls (the NFE) and checks the returned shape at every call (a
+    ``torch.Size`` comparison: a score that changes shape later, e.g. at small ``t``, is caught where it does)."""
 
     def __init__(self, score_fn: ScoreFn):
         if not callable(score_fn):
@@ -54,9 +55,10 @@ class CountingScore:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         out = self.score_fn(x, t)
-        if self.nfe == 0 and (not torch.is_tensor(out) or out.shape != x.shape):
+        if not torch.is_tensor(out) or out.shape != x.shape:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got}")
+            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}, got {got} at call "
+                             f"{self.nfe + 1} (t = {float(t.flatten()[0]) if torch.is_tensor(t) and t.numel() else t})")
         self.nfe += 1
         return out
 
@@ -85,6 +87,7 @@ class Sampler(abc.ABC):
             raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps}")
         for key, default in self.options.items():
             setattr(self, key, options.get(key, default))
+        check_placement(self.device, self.dtype)
         self.check_options()
 
     def check_options(self) -> None:
@@ -118,9 +121,12 @@ class Sampler(abc.ABC):
                  observation=None) -> Tuple[Tensor, int]:
         """Draw ``shape[0]`` samples; with ``observation``, samples that agree with it (see the module)."""
         counted = CountingScore(score_fn)
+        check_generator(generator)
         if observation is not None:
             self.check_observation(observation)
         x = self.init_state(x_init, generator)
+        if x_init is not None:  # a NaN start would surface only at the end, blamed on score_fn
+            check_data(x, "x_init")
         replace = Replacement(self.sde, observation, generator)
         with torch.no_grad():
             x = self._sample(counted, x, generator=generator, progress=progress, replace=replace)

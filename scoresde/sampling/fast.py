@@ -38,6 +38,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ..progress import progress_bar
 from .base import Sampler, ScoreFn, randn_like, register_sampler, tweedie_denoise
 from .schedules import check_schedule, get_timesteps
 
@@ -150,10 +151,7 @@ class FastSampler(Sampler):
 
     @staticmethod
     def _range(n: int, progress: bool):
-        if progress:
-            from tqdm.auto import trange
-            return trange(n)
-        return range(n)
+        return progress_bar(range(n)) if progress else range(n)
 
 
 def _check_nonnegative(obj, *names) -> None:

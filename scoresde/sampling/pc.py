@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..progress import progress_bar
 from .base import ScoreFn, Sampler, register_sampler
 from .correctors import NoneCorrector, get_corrector, list_correctors
 from .predictors import NonePredictor, get_predictor, list_predictors
@@ -35,8 +36,7 @@ class _ScoreAtLeast:
 def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc)
+    return progress_bar(iterable, desc=desc)
 
 
 @register_sampler("pc")

@@ -34,6 +34,7 @@ from typing import List, Optional
 
 import torch
 
+from ..progress import progress_bar
 from ..utils import batch_broadcast, flat_sum
 from .base import Sampler, register_sampler
 from .fast import DataPrediction, Point
@@ -154,8 +155,7 @@ class TwistedSMCSampler(Sampler):
         log_w = log_twist.reshape(B, K).clone()
         steps = range(len(points) - 1)
         if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc="smc")
+            steps = progress_bar(steps, desc="smc")
         for i in steps:
             s, t = points[i], points[i + 1]
             keep = self._resample(log_w, generator)

@@ -8,23 +8,29 @@ the loss's times and noise, dropout) comes from seeds derived from ``(config.see
 run resumed from a checkpoint at step ``k`` repeats the uninterrupted run exactly (on CPU).
 """
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
 import os
 import random
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import ml_collections
 import numpy as np
 import torch
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
 import scoresde.models.mlp  # noqa: F401  (registers the "mlp" network)
-from scoresde import checkpoint, datasets, distributed, divergence, likelihood, losses, sde_lib
+from scoresde import (checkpoint, datasets, distributed, divergence, guidance, image_tasks, likelihood, losses,
+                      sde_lib)
+from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
+                             to_uint8_nhwc)
 from scoresde.datasets.loader import step_seed
-from scoresde.models import ExponentialMovingAverage, create_model, get_score_fn, load_original_checkpoint
+from scoresde.models import (ExponentialMovingAverage, create_model, get_classifier_fn, get_score_fn,
+                             load_original_checkpoint)
 from scoresde.models.common import null_label
 from scoresde.progress import progress_bar
 from scoresde.models.mlp import sample_shape
@@ -37,7 +43,9 @@ MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OBJECTIVES = ("score", "classifier")  # training.objective: a score network, or a noise-conditional classifier
 METRICS = ("fid", "is", "kid")
 # streams of derived seeds, so that no two uses of one (seed, rank, step) share random numbers
-_GLOBAL, _LOSS, _SAMPLES, _EVAL_LOSS, _BPD = 1, 2, 3, 4, 5
+_GLOBAL, _LOSS, _SAMPLES, _EVAL_LOSS, _BPD, _OBSERVATION = 1, 2, 3, 4, 5, 6
+GUIDANCE = ("none", "cfg", "classifier")          # sampling.guidance
+TASK_METHODS = ("replace", "dps", "pigdm")        # sampling.task_method
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -103,6 +111,101 @@ def check_config(config) -> None:
                     "is for class-conditional score networks")
     if config.data.dataset not in datasets.DATASETS:
         raise _fail("data.dataset", config.data.dataset, f"unknown; available: {', '.join(datasets.DATASETS.list())}")
+    check_guidance_config(config)
+    check_task_config(config)
+
+
+def _number(config, path: str, low: float = 0.0) -> float:
+    """A finite number >= ``low`` at ``config.<path>``."""
+    value = config
+    for part in path.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
+        raise _fail(path, value, f"must be a finite number >= {low}")
+    return float(value)
+
+
+def sampling_labels(config) -> Optional[List[int]]:
+    """``sampling.labels`` as a list of ints (``[-1]``: unconditional), or ``None`` when empty."""
+    text = str(config.sampling.labels).strip()
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = None
+    if values is None or (-1 in values and len(values) > 1) or min(values) < -1:
+        raise _fail("sampling.labels", config.sampling.labels, "must be a class label, a comma-separated list of "
+                    "labels, -1 (unconditional) or empty")
+    return values
+
+
+def check_labels_in_range(config, values: Optional[List[int]], num_classes: int, whose: str) -> None:
+    """The requested labels (not ``-1``) must be classes ``0 .. num_classes - 1`` of ``whose``."""
+    if not values or values == [-1]:
+        return
+    if not num_classes:
+        raise _fail("sampling.labels", config.sampling.labels, f"{whose} is unconditional (model.num_classes unset): "
+                    "class labels need a class-conditional network or sampling.guidance='classifier'")
+    if max(values) >= num_classes:
+        raise _fail("sampling.labels", config.sampling.labels, f"out of range: {whose} has classes 0..{num_classes - 1}")
+
+
+def check_guidance_config(config) -> None:
+    """``sampling.labels``, ``guidance``, ``guidance_scale`` and ``classifier_workdir`` (the classifier's own
+    classes are checked when it is loaded, :func:`load_classifier`)."""
+    s, num_classes = config.sampling, config.model.get("num_classes") or 0
+    values = sampling_labels(config)
+    if s.guidance not in GUIDANCE:
+        raise _fail("sampling.guidance", s.guidance, f"must be one of {list(GUIDANCE)}")
+    _number(config, "sampling.guidance_scale")
+    if s.guidance != "none" and values == [-1]:
+        raise _fail("sampling.labels", s.labels, f"sampling.guidance = {s.guidance!r} steers towards class labels; "
+                    "give labels (or leave them empty for rows 0..K-1), or set sampling.guidance='none'")
+    if s.guidance == "cfg" and not num_classes:
+        raise _fail("sampling.guidance", "cfg", "classifier-free guidance needs a class-conditional network trained "
+                    "with label dropout (model.num_classes, training.label_dropout); this one is unconditional")
+    if s.guidance == "classifier":
+        if not s.classifier_workdir:
+            raise _fail("sampling.classifier_workdir", s.classifier_workdir, "sampling.guidance='classifier' needs "
+                        "the workdir of a trained classifier (training.objective='classifier')")
+        if num_classes:
+            check_labels_in_range(config, values, num_classes, "the score network")
+    else:
+        check_labels_in_range(config, values, num_classes, "the score network")
+
+
+def check_task_config(config) -> None:
+    """``sampling.task`` and its fields (the sampler's support of ``observation=`` is checked on the first
+    observation, :func:`task_observations`)."""
+    s = config.sampling
+    if s.task not in ("none",) + image_tasks.TASKS:
+        raise _fail("sampling.task", s.task, f"must be one of {['none', *image_tasks.TASKS]}")
+    if s.mask not in image_tasks.MASKS:
+        raise _fail("sampling.mask", s.mask, f"must be one of {list(image_tasks.MASKS)}")
+    if s.task_method not in TASK_METHODS:
+        raise _fail("sampling.task_method", s.task_method, f"must be one of {list(TASK_METHODS)}")
+    fraction = _number(config, "sampling.mask_fraction")
+    if not 0 < fraction < 1:
+        raise _fail("sampling.mask_fraction", fraction, "must be in (0, 1)")
+    noise_std = _number(config, "sampling.task_noise_std")
+    _number(config, "sampling.task_guidance_scale")
+    likelihood_std = _number(config, "sampling.task_likelihood_std")
+    if s.task == "none":
+        return
+    if config.data.dataset == "TOY":
+        raise _fail("sampling.task", s.task, "image tasks need image data, not the 2-D toys")
+    if s.task == "colorize" and config.data.num_channels != 3:
+        raise _fail("sampling.task", "colorize", f"colourisation needs colour images; data.num_channels = "
+                    f"{config.data.num_channels}")
+    factor = s.superres_factor
+    if s.task == "superres" and (isinstance(factor, bool) or not isinstance(factor, int) or factor < 2
+                                 or config.data.image_size % factor):
+        raise _fail("sampling.superres_factor", factor, f"must be an integer >= 2 that divides data.image_size = "
+                    f"{config.data.image_size}")
+    if s.task_method == "dps" and noise_std == 0 and likelihood_std == 0:
+        raise _fail("sampling.task_likelihood_std", 0.0, "DPS needs a likelihood of positive width: set it (e.g. "
+                    "0.05), or sampling.task_noise_std > 0")
 
 
 def is_classifier(config) -> bool:
@@ -164,8 +267,9 @@ class Run:
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
 
-    def score_fn(self, train: bool = False):
-        return get_score_fn(self.sde, self.model, continuous=self.config.training.continuous, train=train)
+    def score_fn(self, train: bool = False, class_labels: Optional[torch.Tensor] = None):
+        return get_score_fn(self.sde, self.model, continuous=self.config.training.continuous, train=train,
+                            class_labels=class_labels)
 
 
 def seed_everything(seed: int) -> None:
@@ -327,26 +431,19 @@ def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torc
 
 # ----------------------------------------------------------------------------- images out
 
-def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
-    """Images in ``[0, 1]`` ``[B, C, H, W]`` -> ``uint8 [B, H, W, C]`` (the paper's ``.npz`` layout)."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_image_grid(images: np.ndarray, path: str, padding: int = 2, scale: int = 1) -> None:
-    """Write ``uint8 [B, H, W, C]`` images as one PNG grid of ``ceil(sqrt(B))`` columns, ``padding``
-    black pixels apart; the whole grid enlarged ``scale`` times (nearest neighbour, so small images
-    stay legible)."""
-    b, h, w, c = images.shape
-    ncol = int(math.ceil(math.sqrt(b)))
-    nrow = int(math.ceil(b / ncol))
-    grid = np.zeros((nrow * (h + padding) + padding, ncol * (w + padding) + padding, c), dtype=np.uint8)
-    for i in range(b):
-        r, q = divmod(i, ncol)
-        y, x = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y:y + h, x:x + w] = images[i]
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+def save_task_samples(x: torch.Tensor, observations: torch.Tensor, originals: torch.Tensor, labels: torch.Tensor,
+                      stem: str, class_labels: Optional[torch.Tensor] = None) -> str:
+    """Samples of an image task (all in data range ``[0, 1]``): ``<stem>.npz`` with ``samples``, ``observations``
+    (as shown), ``originals`` (uint8), the test images' ``labels`` (and the ``class_labels`` sampled with), and
+    ``<stem>.png``, rows of observation | samples | original."""
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    images = {name: to_uint8_nhwc(v) for name, v in (("samples", x), ("observations", observations),
+                                                       ("originals", originals))}
+    extra = {} if class_labels is None else {"class_labels": class_labels.cpu().numpy()}
+    np.savez_compressed(stem + ".npz", **images, labels=labels.cpu().numpy(), **extra)
+    save_task_grid(images["observations"], images["samples"], images["originals"], stem + ".png",
+                   columns=min(16, x.shape[0]), padding=1, scale=legible_scale(images["samples"]))
+    return stem + ".png"
 
 
 def save_points_png(points: np.ndarray, path: str, size: int = 256, extent: float = 4.0) -> None:
@@ -359,30 +456,54 @@ def save_points_png(points: np.ndarray, path: str, size: int = 256, extent: floa
     Image.fromarray(canvas).save(path)
 
 
-def save_samples(x: torch.Tensor, stem: str) -> str:
-    """Write samples (in data range ``[0, 1]``, or 2-D points) as ``<stem>.npz`` and ``<stem>.png``."""
+def save_samples(x: torch.Tensor, stem: str, labels: Optional[torch.Tensor] = None) -> str:
+    """Write samples (in data range ``[0, 1]``, or 2-D points) as ``<stem>.npz`` and ``<stem>.png``; with
+    ``labels`` (one per sample) the npz holds them too and the image grid has one row per label."""
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    extra = {} if labels is None else {"labels": labels.cpu().numpy()}
     if x.dim() == 4:
         images = to_uint8_nhwc(x)
-        np.savez_compressed(stem + ".npz", samples=images)
-        save_image_grid(images[:256], stem + ".png", padding=1, scale=max(1, 64 // images.shape[1]))
+        np.savez_compressed(stem + ".npz", samples=images, **extra)
+        if labels is None:
+            save_image_grid(images[:256], stem + ".png", padding=1, scale=legible_scale(images))
+        else:
+            save_label_grid(images[:256], extra["labels"][:256], stem + ".png", padding=1, scale=legible_scale(images))
     else:
         points = x.reshape(x.shape[0], -1).cpu().numpy()
-        np.savez_compressed(stem + ".npz", samples=points)
+        np.savez_compressed(stem + ".npz", samples=points, **extra)
         save_points_png(points, stem + ".png")
     return stem + ".png"
 
 
-def draw_samples(run: Run, num: int, batch_size: int, seed_keys: Tuple[int, ...],
-                 progress: bool = False) -> Tuple[torch.Tensor, int]:
+def cyclic_labels(values: Sequence[int], num: int) -> torch.Tensor:
+    """``num`` labels running through ``values`` again and again (int64)."""
+    return torch.tensor(list(values), dtype=torch.long).repeat(math.ceil(num / len(values)))[:num]
+
+
+def default_labels(run: Run, num: int) -> Optional[torch.Tensor]:
+    """Rows ``0, 1, ..., K-1, 0, ...`` for a class-conditional network of ``K`` classes, else ``None``."""
+    k = run.config.model.get("num_classes")
+    return cyclic_labels(range(k), num) if k else None
+
+
+def draw_samples(run: Run, num: int, batch_size: int, seed_keys: Tuple[int, ...], progress: bool = False,
+                 labels: Optional[torch.Tensor] = None, condition: Optional[Callable] = None) -> Tuple[torch.Tensor, int]:
     """``num`` samples (data range, on CPU) from the run's network as it is now, with the configured
-    sampler, ``batch_size`` at a time; returns them and the total number of score evaluations."""
+    sampler, ``batch_size`` at a time; returns them and the total number of score evaluations.
+    ``labels``: one per row of every batch (``ceil(num / batch_size) * batch_size``), given to a
+    class-conditional network; ``condition(i, batch_labels) -> (score_fn, observation or None)`` sets
+    batch ``i`` up in place of the network's own score (guidance, image tasks)."""
     sampler = sampler_from_config(run.config, run.sde, batch_size, run.device)
-    score_fn = run.score_fn(train=False)
     out, nfe = [], 0
     for i in range(math.ceil(num / batch_size)):
+        rows = None if labels is None else labels[i * batch_size:(i + 1) * batch_size].to(run.device)
+        if condition is None:
+            score_fn, observation = run.score_fn(train=False, class_labels=rows), None
+        else:
+            score_fn, observation = condition(i, rows)
         with _autocast(run):
-            x, n = sampler(score_fn, generator=_generator(run.device, *seed_keys, i), progress=progress)
+            x, n = sampler(score_fn, generator=_generator(run.device, *seed_keys, i), progress=progress,
+                           **({} if observation is None else {"observation": observation}))
         out.append(run.inverse_scaler(x.float()).cpu())
         nfe += n
     return torch.cat(out)[:num], nfe
@@ -553,9 +674,10 @@ def snapshot_samples(run: Run) -> Optional[str]:
     if not (run.dist.is_main and config.training.snapshot_sampling) or is_classifier(config):
         return None
     num = config.training.snapshot_num_samples
+    labels = default_labels(run, num)
     with losses.ema_weights(run.ema, run.model):
-        x, _ = draw_samples(run, num, num, (config.seed, run.step, _SAMPLES))
-    return save_samples(x, os.path.join(run.workdir, "samples", f"iter_{run.step}"))
+        x, _ = draw_samples(run, num, num, (config.seed, run.step, _SAMPLES), labels=labels)
+    return save_samples(x, os.path.join(run.workdir, "samples", f"iter_{run.step}"), labels=labels)
 
 
 def _over_ranks(run: Run, value: torch.Tensor) -> float:
@@ -736,10 +858,11 @@ def eval_bpd(run: Run) -> Dict[str, Any]:
 
 def eval_samples(run: Run, n: int, folder: str) -> Tuple[Dict[str, Any], torch.Tensor]:
     e = run.config.eval
-    x, nfe = draw_samples(run, e.num_samples, e.batch_size, (run.config.seed, n, _SAMPLES))
+    labels = default_labels(run, math.ceil(e.num_samples / e.batch_size) * e.batch_size)
+    x, nfe = draw_samples(run, e.num_samples, e.batch_size, (run.config.seed, n, _SAMPLES), labels=labels)
     stem = os.path.join(folder, f"ckpt_{n}_samples")
     if e.save_samples:
-        save_samples(x, stem)
+        save_samples(x, stem, labels=None if labels is None else labels[:e.num_samples])
     return {"num_samples": int(x.shape[0]), "nfe": nfe, "sampler": run.config.sampling.sampler,
             "path": stem + ".npz" if e.save_samples else None}, x
 
@@ -838,15 +961,149 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
 
 # ----------------------------------------------------------------------------- sampling
 
+def load_config_file(path: str):
+    """A config from a ``configs/*.py`` file (its ``get_config()``) or from a run's ``config.json``."""
+    if path.endswith(".json"):
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    spec = importlib.util.spec_from_file_location("_loaded_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def load_classifier(config, sde: sde_lib.SDE, device: torch.device) -> Tuple[Callable, int]:
+    """The noise-conditional classifier of ``sampling.classifier_workdir`` (newest checkpoint, EMA weights)
+    as ``(classifier_fn(x, t) -> logits, num_classes)``; refuses one trained on other data or another SDE."""
+    s = config.sampling
+    path = s.classifier_config or os.path.join(s.classifier_workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.sampling.classifier_config: no classifier config at {path} (give the "
+                                "configs/*.py file it was trained with, or its run's config.json)")
+    clf = load_config_file(path)
+    where = ("sampling.classifier_workdir", s.classifier_workdir)
+    if clf.training.get("objective") != "classifier":
+        raise _fail(*where, f"{path} is not a classifier's config (training.objective = "
+                            f"{clf.training.get('objective')!r}); train one with training.objective='classifier'")
+    for key in ("image_size", "num_channels", "centered"):
+        if clf.data.get(key) != config.data.get(key):
+            raise _fail(*where, f"the classifier was trained with data.{key} = {clf.data.get(key)!r}, the score "
+                                f"network with {config.data.get(key)!r}")
+    clf_sde, t = get_sde(clf), torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    if type(clf_sde) is not type(sde) or not all(torch.allclose(a, b) for a, b in zip(clf_sde.marginal_coeffs(t),
+                                                                                       sde.marginal_coeffs(t))):
+        raise _fail(*where, f"the classifier was trained for another SDE ({type(clf_sde).__name__} with "
+                            f"training.sde = {clf.training.sde!r}); it must see the noise levels of the score network")
+    newest = checkpoint.CheckpointDir(s.classifier_workdir).newest()
+    if newest is None:
+        raise FileNotFoundError(f"config.sampling.classifier_workdir = {s.classifier_workdir!r}: no checkpoint "
+                                "there; train the classifier first")
+    model = create_model(clf).to(device)
+    state = checkpoint.load(newest, map_location=device)
+    model.load_state_dict(state["model"])
+    ema = ExponentialMovingAverage(model.parameters(), decay=clf.model.ema_rate)
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(model.parameters())
+    model.eval()
+    check_labels_in_range(config, sampling_labels(config), model.num_classes, "the classifier")
+    return get_classifier_fn(clf_sde, model, continuous=clf.training.continuous), model.num_classes
+
+
+def row_labels(run: Run, num_rows: int, classifier_classes: int = 0) -> Optional[torch.Tensor]:
+    """The class label of each sampled row (see ``sampling.labels``): the null label for unconditional rows
+    of a class-conditional network; ``None`` when the network is unconditional and nothing steers."""
+    s, k = run.config.sampling, run.config.model.get("num_classes") or 0
+    values = sampling_labels(run.config)
+    if values == [-1] or (values is None and s.task != "none" and s.guidance == "none"):
+        return torch.full((num_rows,), null_label(k), dtype=torch.long) if k else None
+    if values is None:
+        target = classifier_classes if s.guidance == "classifier" else k
+        return cyclic_labels(range(target), num_rows) if target else None
+    return cyclic_labels(values, num_rows)
+
+
+def guided_score_fn(run: Run, labels: Optional[torch.Tensor], classifier_fn: Optional[Callable] = None):
+    """The score of one batch by ``sampling.guidance``: the network's own (with ``labels`` if it is
+    class-conditional), classifier-free guidance with the null label, or classifier guidance."""
+    s, k = run.config.sampling, run.config.model.get("num_classes") or 0
+    if s.guidance == "cfg":
+        return guidance.classifier_free_guidance_from_model(run.score_fn(), labels, s.guidance_scale, null_label(k))
+    score_fn = run.score_fn(class_labels=labels if k else None)
+    if s.guidance == "classifier":
+        return guidance.classifier_guidance(score_fn, classifier_fn, labels, scale=s.guidance_scale)
+    return score_fn
+
+
+def task_images(run: Run, num_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``sampling.num_samples`` test images (data range ``[0, 1]``) and their labels, repeated to
+    ``num_rows`` rows (whole batches)."""
+    num = run.config.sampling.num_samples
+    test = datasets.get_dataloader(run.config, "test", infinite=False, shuffle=False, batch_size=num)
+    x, y = next(iter(test))
+    if x.shape[0] < num:
+        raise _fail("sampling.num_samples", num, f"image tasks take test-split images and there are {x.shape[0]}")
+    index = torch.arange(num_rows) % num
+    return x[index], y[index]
+
+
+def task_observations(run: Run, images: torch.Tensor) -> List[guidance.Observation]:
+    """One observation per batch of ``sampling.batch_size`` test images (in the network's data space, on the
+    run's device), seeded by ``(seed, batch)`` only; checks that the sampler can honour them."""
+    s, bs = run.config.sampling, run.config.sampling.batch_size
+    out = []
+    for i in range(0, images.shape[0], bs):
+        generator = torch.Generator().manual_seed(step_seed(run.config.seed, i // bs, _OBSERVATION))
+        out.append(image_tasks.make_observation(
+            s.task, run.scaler(images[i:i + bs].to(run.device)), mask=s.mask, mask_fraction=s.mask_fraction,
+            factor=s.superres_factor, noise_std=s.task_noise_std, generator=generator))
+    if s.task_method == "replace":
+        try:
+            sampler_from_config(run.config, run.sde, bs, run.device).check_observation(out[0])
+        except ValueError as e:
+            raise _fail("sampling.sampler", s.sampler, f"{e} (or set sampling.task_method to 'dps' or 'pigdm', "
+                        "score transforms that work with every sampler)") from e
+    return out
+
+
+def task_condition(run: Run, observations: List[guidance.Observation], classifier_fn: Optional[Callable]):
+    """``condition(i, labels)`` for :func:`draw_samples`: batch ``i`` is sampled given ``observations[i]``,
+    by replacement in the sampler or by a DPS / Pi-GDM score transform (``sampling.task_method``)."""
+    s = run.config.sampling
+
+    def condition(i: int, labels: Optional[torch.Tensor]):
+        score_fn = guided_score_fn(run, labels, classifier_fn)
+        if s.task_method == "replace":
+            return score_fn, observations[i]
+        return guidance.posterior_guidance(score_fn, run.sde, observations[i], method=s.task_method,
+                                           scale=s.task_guidance_scale, std=s.task_likelihood_std or None), None
+    return condition
+
+
 def sample(config, workdir: str) -> str:
     """``sampling.num_samples`` samples from checkpoint ``sampling.ckpt`` (0: the newest state), or from
-    ``sampling.original_checkpoint`` (a file released with the paper's code), with the configured sampler, as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem."""
+    ``sampling.original_checkpoint`` (a file released with the paper's code), with the configured sampler,
+    as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem.
+
+    With class labels and ``sampling.guidance`` the rows are drawn for their labels (the grid has one row per
+    label); with ``sampling.task`` each row is drawn given an observation of a test image, and the grid shows
+    rows of observation | samples | original. Every field is checked before the network is loaded."""
     if is_classifier(config):
         raise _fail("training.objective", "classifier", "a classifier draws no samples; use it for classifier "
                     "guidance of a score model: --config.sampling.guidance=classifier "
                     "--config.sampling.classifier_workdir=<this workdir>")
     run = setup(config, workdir)
     s = config.sampling
+    num_rows = math.ceil(s.num_samples / s.batch_size) * s.batch_size
+    classifier_fn, classifier_classes = (load_classifier(config, run.sde, run.device) if s.guidance == "classifier"
+                                         else (None, 0))
+    labels = row_labels(run, num_rows, classifier_classes)
+    condition = None
+    if s.task != "none":
+        images, image_labels = task_images(run, num_rows)
+        observations = task_observations(run, images)
+        condition = task_condition(run, observations, classifier_fn)
+    elif s.guidance != "none":
+        condition = lambda i, rows: (guided_score_fn(run, rows, classifier_fn), None)  # noqa: E731
     if s.original_checkpoint:  # a checkpoint released with the paper's PyTorch code
         path = s.original_checkpoint
         model, info = load_original_checkpoint(path, config, use_ema=s.use_ema, map_location=run.device)
@@ -867,10 +1124,23 @@ def sample(config, workdir: str) -> str:
                 raise FileNotFoundError(f"no checkpoint {path} to sample from (sampling.ckpt = {s.ckpt}); "
                                         f"numbered checkpoints present: {run.checkpoints.numbers() or 'none'}")
             step = load_for_inference(run, path, use_ema=s.use_ema)
-    x, nfe = draw_samples(run, s.num_samples, s.batch_size, (config.seed, step, _SAMPLES), progress=True)
-    stem = os.path.join(workdir, s.folder, f"step_{step}_{s.sampler}_seed{config.seed}")
+    x, nfe = draw_samples(run, s.num_samples, s.batch_size, (config.seed, step, _SAMPLES), progress=True,
+                          labels=labels, condition=condition)
+    name = f"step_{step}_{s.sampler}"
+    if s.guidance != "none":
+        name += f"_{s.guidance}{s.guidance_scale:g}"
+    if s.task != "none":
+        name += f"_{s.task}" + (f"_{s.mask}" if s.task == "inpaint" else "") + (f"_{s.task_method}"
+                                                                                if s.task_method != "replace" else "")
+    stem = os.path.join(workdir, s.folder, f"{name}_seed{config.seed}")
     if run.dist.is_main:
-        save_samples(x, stem)
+        labels = None if labels is None else labels[:s.num_samples]
+        if s.task == "none":
+            save_samples(x, stem, labels=labels)
+        else:
+            shown = torch.cat([run.inverse_scaler(image_tasks.observation_image(o)).float().cpu() for o in observations])
+            save_task_samples(x, shown[:s.num_samples], images[:s.num_samples], image_labels[:s.num_samples], stem,
+                              class_labels=labels)
         log.info("%d samples from %s (step %d) with %s, %d score evaluations: %s.npz / .png",
                  x.shape[0], path, step, s.sampler, nfe, stem)
     return stem

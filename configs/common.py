@@ -99,6 +99,23 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     sampling.use_ema = True
     sampling.original_checkpoint = ""  # or the path of a checkpoint released with the paper's PyTorch code
     sampling.folder = "samples"
+    # conditional sampling (--mode sample): class labels, guidance, and image tasks on test-split images
+    sampling.labels = ""              # a label, "0,3,7" (used cyclically), "-1" (unconditional: the null label of
+    #                                   a class-conditional network), "" (rows 0..K-1 cyclically for a class-
+    #                                   conditional network or a classifier; unconditional for an image task)
+    sampling.guidance = "none"        # 'none', 'cfg' (classifier-free, one class-conditional network trained with
+    #                                   training.label_dropout), 'classifier' (a noise-conditional classifier)
+    sampling.guidance_scale = 1.0     # cfg: s_u + scale (s_c - s_u); classifier: s + scale grad log p_t(y | x)
+    sampling.classifier_workdir = ""  # guidance='classifier': the workdir of a run with training.objective='classifier'
+    sampling.classifier_config = ""   # its config (.py or .json); "" = <classifier_workdir>/config.json
+    sampling.task = "none"            # 'none', 'inpaint', 'colorize' (3-channel data), 'superres'
+    sampling.mask = "half"            # inpaint: 'half' (top half observed), 'box' (all but a centred square), 'random'
+    sampling.mask_fraction = 0.5      # box: the square's side / image side; random: share of pixels observed
+    sampling.superres_factor = 2      # superres: average pooling factor (divides data.image_size)
+    sampling.task_noise_std = 0.0     # std of Gaussian noise on the measurement (in the network's data space)
+    sampling.task_method = "replace"  # 'replace' (replacement in the sampler), 'dps' or 'pigdm' (score transforms)
+    sampling.task_guidance_scale = 1.0  # dps / pigdm: the weight of the likelihood term
+    sampling.task_likelihood_std = 0.0  # dps / pigdm: the likelihood's std (0 = task_noise_std; dps needs > 0)
     link_paper_sampling_fields(sampling)
 
     evaluate = config.eval

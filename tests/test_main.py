@@ -68,6 +68,21 @@ def test_classifier_train_resume_eval(tmp_path):
     assert result["step"] == 2 and 0 <= result["loss"]["accuracy"] <= 1 and "bpd" not in result
 
 
+def test_class_conditional_train_then_guided_and_inpainting_samples(tmp_path):
+    pytest.importorskip("sklearn")
+    run = ["--config", "configs/vp/digits_cond.py", "--workdir", str(tmp_path), *TINY,
+           "--config.training.n_iters=1", "--config.training.snapshot_sampling=False"]
+    main(*run)
+    main(*run, "--mode=sample", "--config.sampling.guidance=cfg", "--config.sampling.guidance_scale=2",
+         "--config.sampling.labels=3,5", "--config.sampling.num_samples=4")
+    saved = np.load(tmp_path / "samples" / "step_1_pc_cfg2_seed42.npz")
+    assert saved["samples"].shape == (4, 8, 8, 1) and saved["labels"].tolist() == [3, 5, 3, 5]
+    main(*run, "--mode=sample", "--config.sampling.task=inpaint", "--config.sampling.num_samples=3")
+    saved = np.load(tmp_path / "samples" / "step_1_pc_inpaint_half_seed42.npz")
+    assert np.array_equal(saved["samples"][:, :4], saved["originals"][:, :4])  # the observed top half
+    assert (tmp_path / "samples" / "step_1_pc_inpaint_half_seed42.png").is_file()
+
+
 def write_cifar_archive(root, n_train_per_batch=4, n_test=8):
     """A CIFAR-10 python archive in the official layout: pickled dicts with b'data' (N x 3072 uint8,
     R then G then B planes) and b'labels', under cifar-10-batches-py/ in a .tar.gz."""
@@ -107,6 +122,8 @@ def test_cifar10_archive_train_and_eval(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--config.training.no_such_field=1"], "no_such_field"),
     (["--config.sampling.sampler=magic"], "config.sampling.sampler = 'magic'"),
+    (["--config.sampling.guidance=cfg"], "config.sampling.guidance = 'cfg'"),  # an unconditional network
+    (["--config.sampling.task=colorize"], "config.sampling.task = 'colorize'"),  # grey digits
     (["--config.data.dataset=CIFAR10", "--config.data.num_channels=3", "--config.data.root=/nonexistent/cifar"],
      "/nonexistent/cifar/cifar-10-batches-py"),
 ])

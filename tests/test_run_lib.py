@@ -261,17 +261,6 @@ def test_bf16_autocast_trains(tmp_path):
     assert len(history) == 2 and all(map(lambda v: v == v and abs(v) < 1e3, history))
 
 
-def test_save_image_grid_layout(tmp_path):
-    import numpy as np
-    from PIL import Image
-    images = np.full((5, 4, 4, 1), 200, dtype=np.uint8)
-    run_lib.save_image_grid(images, str(tmp_path / "g.png"), padding=1, scale=2)
-    grid = np.asarray(Image.open(tmp_path / "g.png"))
-    # 3 columns and 2 rows of 4x4 images, 1 pixel apart and around: 11 x 16 pixels, then all x2
-    assert grid.shape == (22, 32)
-    assert grid[2:10, 2:10].min() == 200 and grid[:2].max() == 0 and grid[12:20, 22:30].max() == 0
-
-
 def test_sample_from_a_checkpoint_of_the_papers_code(trained, tmp_path):
     """A file in the layout of the paper's released checkpoints ('module.'-prefixed model keys, EMA
     shadow weights as a list) written here from our own run's EMA weights."""

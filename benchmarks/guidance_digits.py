@@ -1,12 +1,15 @@
 """Controllable generation on the digits, judged by a scikit-learn classifier trained on the real digits.
 
-Takes the workdir of a trained class-conditional digits run (``configs/vp/digits_cond.py``: label dropout,
-so one network gives both scores) and measures, with its newest checkpoint (EMA weights):
+Takes the workdir of a trained digits run, class-conditional (``configs/vp/digits_cond.py``: label dropout,
+so one network gives both scores) or not, and measures, with its newest checkpoint (EMA weights):
 
 * classifier-free guidance: for each scale, ``--per-class`` samples of every class 0..9; the share the
   judge assigns to the requested class (scale 0 is the unconditional model: about 10% by chance);
-* inpainting from the top half: every test digit's top half observed (noise-free, the unconditional score
-  through the null label), by replacement in the sampler and by Pi-GDM (and DPS) guidance; the share the
+* with ``--classifier-workdir``, the same for classifier guidance by that noise-conditional classifier (of
+  any score model of the same data, e.g. the unconditional ``configs/vp/digits.py``);
+* inpainting from the top half: every test digit's top half observed (noise-free, the unconditional score,
+  through the null label of a class-conditional network), by replacement in the sampler (``--inpaint-methods``
+  adds Pi-GDM / DPS guidance); the share the
   judge assigns to the digit's own label, next to what a classifier of top halves alone gets right (how
   much of the label the observed half holds).
 
@@ -17,6 +20,8 @@ test digits is printed as the ceiling. Seeds are fixed: the same workdir gives t
     python benchmarks/guidance_digits.py --workdir runs/digits_cond
     python benchmarks/guidance_digits.py --workdir runs/digits_cond --config configs/vp/digits_cond.py \
         --scales 0 1 2 4 --per-class 50 --threads 1
+    python benchmarks/guidance_digits.py --workdir runs/digits --config configs/vp/digits.py \
+        --classifier-workdir runs/digits_clf --inpaint 0
 """
 import argparse
 import ast
@@ -43,6 +48,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a trained class-conditional digits run")
     p.add_argument("--config", default="configs/vp/digits_cond.py", help="the config it was trained with")
+    p.add_argument("--classifier-workdir", default="",
+                   help="also measure classifier guidance with this noise-conditional classifier run")
     p.add_argument("--ckpt", type=int, default=0, help="numbered checkpoint (0: the newest state)")
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
     p.add_argument("--per-class", type=int, default=20, help="CFG samples per class and scale")
@@ -96,10 +103,12 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     config = run_lib.load_config_file(args.config)
-    k = config.model.get("num_classes")
-    if not k:
-        raise SystemExit(f"{args.workdir} is not a class-conditional run (model.num_classes unset)")
+    k = config.model.get("num_classes") or 0
+    if not k and not args.classifier_workdir:
+        raise SystemExit(f"{args.config} is not class-conditional (model.num_classes unset): give "
+                         "--classifier-workdir to measure classifier guidance")
     config.sampling.batch_size = args.batch_size
+    config.sampling.classifier_workdir = args.classifier_workdir
     if args.sampler:
         config.sampling.sampler = args.sampler
     for item in args.option:
@@ -121,15 +130,25 @@ def main(argv=None):
     print(f"judge: RBF SVC on the 1500 training digits ({size}x{size}), {judge_accuracy:.1%} right on the 297 "
           "test digits\n")
 
-    print("| guidance scale | samples | judge agrees with the requested label | seconds |")
-    print("|---|---|---|---|")
-    requested = run_lib.cyclic_labels(range(k), k * args.per_class)
-    for scale in args.scales:
-        start = time.time()
-        x = sample_in_batches(run, requested, lambda rows: guidance.classifier_free_guidance_from_model(
-            run.score_fn(), rows, scale, null_label(k)), step_seed(args.seed, 1, int(round(scale * 1000))))
-        agree = float((judge_labels(judge, x) == requested.numpy()).mean())
-        print(f"| {scale:g} | {x.shape[0]} | {agree:.1%} | {time.time() - start:.0f} |")
+    kinds = [("classifier-free", 1)] if k else []
+    if args.classifier_workdir:
+        classifier_fn, classes = run_lib.load_classifier(config, run.sde, run.device)
+        kinds.append(("classifier", 3))
+    print("| guidance | scale | samples | judge agrees with the requested label | seconds |")
+    print("|---|---|---|---|---|")
+    for kind, stream in kinds:
+        requested = run_lib.cyclic_labels(range(k or classes), (k or classes) * args.per_class)
+        for scale in args.scales:
+            if kind == "classifier-free":
+                score_fn_for = lambda rows: guidance.classifier_free_guidance_from_model(  # noqa: E731
+                    run.score_fn(), rows, scale, null_label(k))
+            else:
+                score_fn_for = lambda rows: guidance.classifier_guidance(  # noqa: E731
+                    run.score_fn(class_labels=rows if k else None), classifier_fn, rows, scale)
+            start = time.time()
+            x = sample_in_batches(run, requested, score_fn_for, step_seed(args.seed, stream, int(round(scale * 1000))))
+            agree = float((judge_labels(judge, x) == requested.numpy()).mean())
+            print(f"| {kind} | {scale:g} | {x.shape[0]} | {agree:.1%} | {time.time() - start:.0f} |")
 
     if args.inpaint:
         n = args.inpaint
@@ -139,19 +158,19 @@ def main(argv=None):
         observations = [image_tasks.make_observation("inpaint", run.scaler(images[i:i + args.batch_size].to(run.device)),
                                                      mask="half")
                         for i in range(0, num_rows, args.batch_size)]
-        null = torch.full((num_rows,), null_label(k), dtype=torch.long)
-        print(f"\ninpainting {n} test digits from their top half (unconditional score: the null label)\n")
+        null = torch.full((num_rows,), null_label(k), dtype=torch.long)  # unused by an unconditional network
+        unconditional = lambda rows: run.score_fn(class_labels=rows if k else None)  # noqa: E731
+        print(f"\ninpainting {n} test digits from their top half (unconditional score)\n")
         print("| method | the judge gives the digit its own label | seconds |")
         print("|---|---|---|")
         for method in args.inpaint_methods:
             start = time.time()
             if method == "replace":
-                x = sample_in_batches(run, null, lambda rows: run.score_fn(class_labels=rows), step_seed(args.seed, 2),
-                                      observations=observations)
+                x = sample_in_batches(run, null, unconditional, step_seed(args.seed, 2), observations=observations)
             else:
                 batches = iter(observations)
                 x = sample_in_batches(run, null, lambda rows: guidance.posterior_guidance(
-                    run.score_fn(class_labels=rows), run.sde, next(batches), method=method,
+                    unconditional(rows), run.sde, next(batches), method=method,
                     std=args.likelihood_std), step_seed(args.seed, 2))
             kept = float((judge_labels(judge, x[:n]) == truth).mean())
             name = method if method == "replace" else f"{method} (likelihood std {args.likelihood_std:g})"

@@ -95,3 +95,14 @@ def test_smc_refuses_what_it_cannot_do():
     for bad in ({"particles": 0}, {"N": 0}, {"twist": "exact"}, {"resample_threshold": 1.5}, {"schedule": "nope"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             get_sampler("smc", sde=sde, shape=(2, 3), **bad)
+
+
+def test_smc_names_non_finite_weights():
+    sde = sde_lib.VPSDE()
+    obs = guidance.Inpainting(torch.zeros(2, 3), torch.tensor([[1.0, 0, 0]]), noise_std=0.1)
+
+    def score_fn(x, t):  # finite at first, then NaN
+        return torch.where(t[:, None] > 0.5, -x, torch.full_like(x, float("nan")))
+
+    with pytest.raises(FloatingPointError, match="smc: particle weights became non-finite at t="):
+        get_sampler("smc", sde=sde, shape=(2, 3), particles=4, N=10)(score_fn, observation=obs)

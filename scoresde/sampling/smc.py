@@ -174,6 +174,11 @@ class TwistedSMCSampler(Sampler):
             score, x0, new_twist, grad = self._twist(score_fn, obs, x, t, final=final, need_grad=not final)
             log_w += (log_ratio + new_twist - log_twist).reshape(B, K)
             log_twist = new_twist
+            if not bool(torch.isfinite(log_w).all()):
+                raise FloatingPointError(
+                    f"smc: particle weights became non-finite at t={t.t:.4g} (step {i + 1} of {len(points) - 1}): "
+                    "the twist's gradient overflowed; check score_fn for NaN/inf, or use a larger noise_std, "
+                    "more steps N, or twist='pigdm'")
         w = self._normalised(log_w)
         pick = torch.multinomial(w.float().cpu(), 1, generator=generator if generator is not None and
                                  generator.device.type == "cpu" else None).to(w.device).reshape(B)

@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-import scoresde.models.mlp  # noqa: F401  (registers the "mlp" network)
 from scoresde import (checkpoint, datasets, distributed, divergence, guidance, image_tasks, likelihood, losses,
                       sde_lib)
 from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
@@ -514,9 +513,6 @@ def draw_samples(run: Run, num: int, batch_size: int, seed_keys: Tuple[int, ...]
 class Diverged(FloatingPointError):
     """Training stopped by the divergence guard (a NaN/inf loss, or a loss or gradient norm far above its
     running median for several steps)."""
-
-
-NonFiniteLoss = Diverged  # the former name
 
 
 def _advice(run: Run, last_good: Optional[Tuple[str, int]]) -> str:

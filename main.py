@@ -77,27 +77,12 @@ def _override_paths(argv):
 
 def _load_config_file(path: str):
     """``get_config()`` of the config file, errors as :class:`UserError` naming the file."""
-    import importlib.util
+    from scoresde.config_file import ConfigFileError, load_config_file
 
-    file, _, arg = path.partition(":")
-    if not os.path.isfile(file):
-        raise UserError(f"config file {file!r} not found (relative to {os.getcwd()}); give the path of a "
-                        f"configs/*.py file, e.g. --config configs/vp/digits.py")
     try:
-        spec = importlib.util.spec_from_file_location("_scoresde_user_config", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "get_config", None)):
-            raise UserError(f"config file {file!r} defines no get_config() function; a config file returns its "
-                            f"ml_collections.ConfigDict from get_config() (see configs/vp/digits.py)")
-        return module.get_config(arg) if arg else module.get_config()
-    except UserError:
-        raise
-    except SyntaxError as e:
-        raise UserError(f"config file {file!r} has a syntax error at line {e.lineno}: {e.msg}; fix it "
-                        f"(python -m py_compile {file} shows where)") from e
-    except Exception as e:  # noqa: BLE001  (any failure of the user's file is reported as its own)
-        raise UserError(f"config file {file!r} failed to load: {type(e).__name__}: {e}") from e
+        return load_config_file(path)
+    except ConfigFileError as e:
+        raise UserError(str(e)) from e
 
 
 def _config_paths(config, prefix: str = ""):

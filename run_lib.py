@@ -8,7 +8,6 @@ the loss's times and noise, dropout) comes from seeds derived from ``(config.see
 run resumed from a checkpoint at step ``k`` repeats the uninterrupted run exactly (on CPU).
 """
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -23,8 +22,8 @@ import torch
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from scoresde import (checkpoint, datasets, distributed, divergence, guidance, image_tasks, likelihood, losses,
-                      sde_lib)
+from scoresde import (checkpoint, config_file, datasets, distributed, divergence, guidance, image_tasks,
+                      likelihood, losses, sde_lib)
 from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
                              to_uint8_nhwc)
 from scoresde.datasets.loader import step_seed
@@ -962,10 +961,7 @@ def load_config_file(path: str):
     if path.endswith(".json"):
         with open(path) as f:
             return ml_collections.ConfigDict(json.load(f))
-    spec = importlib.util.spec_from_file_location("_loaded_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_file.load_config_file(path)
 
 
 def load_classifier(config, sde: sde_lib.SDE, device: torch.device) -> Tuple[Callable, int]:

@@ -7,7 +7,7 @@ files (:attr:`DistInfo.is_main`). Data sharding per rank is ``scoresde.datasets.
 """
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -81,4 +81,13 @@ def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world_size
 
 
-__all__ = ["DistInfo", "init", "cleanup", "barrier", "mean_over_ranks"]
+def broadcast_from_main(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself in a world of one."""
+    if not info.enabled:
+        return value
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
+    return box[0]
+
+
+__all__ = ["DistInfo", "init", "cleanup", "barrier", "mean_over_ranks", "broadcast_from_main"]

@@ -346,3 +346,14 @@ def test_evaluate_waits_then_stops_at_the_timeout_when_nothing_comes(tmp_path, c
 def test_bad_wait_fields_are_refused_naming_them(tmp_path, changes, match):
     with pytest.raises(ValueError, match=match.replace(".", r"\.")):
         run_lib.evaluate(follow_config(**changes), str(tmp_path))
+
+
+def test_the_command_line_exits_0_saying_why_it_stopped(tmp_path):
+    from test_cli_errors import DIGITS, run_main
+    proc = run_main(*DIGITS, "--workdir", str(tmp_path), "--mode", "eval", "--config.eval.wait=True",
+                    "--config.eval.wait_timeout=0.3", "--config.eval.poll_interval=0.05")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    waiting = [line for line in proc.stderr.splitlines() if "waiting for checkpoint" in line]
+    assert len(waiting) == 1  # one line while waiting, not one per poll
+    assert (f"stopped following {tmp_path}/checkpoints: no new checkpoint for 0.3 s; "
+            f"{tmp_path}/checkpoints/checkpoint_1.pth was not written") in proc.stderr

@@ -129,7 +129,8 @@ def test_a_slow_copy_is_taken_only_when_complete_and_once(tmp_path, caplog, chec
         seen = follow(cdir, 1, 1, timeline, settle=10.0, on_yield=lambda n: sizes.append(os.path.getsize(path)))
     assert seen == [(1, 4.0 if checksum_first else 6.0)]  # the first poll after the file became complete
     assert sizes == [len(data)] and checkpoint.load(path)["step"] == 3
-    reason = f"(truncated: {quarter} bytes, {len(data)} written)" if checksum_first else "no checksum file checkpoint_1.pth.json yet"
+    reason = (f"(truncated: {quarter} bytes, {len(data)} written)" if checksum_first
+              else "no checksum file checkpoint_1.pth.json yet")
     incomplete = messages(caplog, "is there but not complete yet")
     assert len(incomplete) == 1 and reason in incomplete[0]  # logged once, not at every poll
 
@@ -169,7 +170,8 @@ def test_a_file_without_checksum_file_is_taken_once_it_stops_changing(tmp_path):
     half = len(data) // 2
     timeline = Timeline([(0.5, append(path, data[:half])), (1.5, append(path, data[half:]))])
     sizes = []
-    assert follow(cdir, 1, 1, timeline, settle=2.5, on_yield=lambda n: sizes.append(os.path.getsize(path))) == [(1, 5.0)]
+    seen = follow(cdir, 1, 1, timeline, settle=2.5, on_yield=lambda n: sizes.append(os.path.getsize(path)))
+    assert seen == [(1, 5.0)]  # last changed at the poll of t = 2; unchanged for 2.5 s by t = 5
     assert sizes == [len(data)] and checkpoint.load(path)["step"] == 3
 
 
@@ -267,7 +269,8 @@ def followed_training(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     loaded = []
     original_load = run_lib.load_for_inference
-    patch.setattr(run_lib, "load_for_inference", lambda run, path, **kw: loaded.append(path) or original_load(run, path, **kw))
+    patch.setattr(run_lib, "load_for_inference",
+                  lambda run, path, **kw: loaded.append(path) or original_load(run, path, **kw))
     losses = count_calls(patch, "eval_loss")
     trainer = threading.Thread(target=run_lib.train, args=(follow_config(), workdir))
     records = []

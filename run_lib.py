@@ -27,6 +27,7 @@ from scoresde import (checkpoint, config_file, datasets, distributed, divergence
 from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
                              to_uint8_nhwc)
 from scoresde.datasets.loader import step_seed
+from scoresde.follow import follow_numbered
 from scoresde.models import (ExponentialMovingAverage, create_model, get_classifier_fn, get_score_fn,
                              load_original_checkpoint)
 from scoresde.models.common import null_label
@@ -91,6 +92,10 @@ def check_config(config) -> None:
     if config.eval.begin_ckpt > config.eval.end_ckpt:
         raise _fail("eval.begin_ckpt", config.eval.begin_ckpt, f"is after eval.end_ckpt = {config.eval.end_ckpt}: "
                     "evaluation runs over checkpoints begin_ckpt..end_ckpt; swap them or raise eval.end_ckpt")
+    for path in ("eval.wait_timeout", "eval.poll_interval"):
+        value = config.eval[path.split(".")[1]]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise _fail(path, value, "must be a positive number of seconds")
     unknown = sorted(set(config.eval.metrics) - set(METRICS))
     if unknown:
         raise _fail("eval.metrics", tuple(config.eval.metrics), f"unknown {unknown}; available: {list(METRICS)}")
@@ -940,13 +945,14 @@ def eval_metrics(run: Run, x: torch.Tensor, indices: torch.Tensor) -> Dict[str, 
 def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
     """For each numbered checkpoint in ``[eval.begin_ckpt, eval.end_ckpt]``: eval loss, bits/dim,
     samples (``.npz`` + PNG) and FID/IS/KID, as enabled; results in ``<workdir>/<eval_folder>/ckpt_<n>.json``.
-    Parts already in that file are skipped. Under torchrun every rank takes part: the test batches and the
-    samples are shared out, the sums and Inception features gathered; rank 0 decides what to do (from the
-    results file) and writes the results."""
+    Parts already in that file are skipped. With ``eval.wait``, each checkpoint is taken as training writes
+    it, until ``eval.end_ckpt`` or ``eval.wait_timeout`` seconds without a new one (``scoresde.follow``).
+    Under torchrun every rank takes part: the test batches and the samples are shared out, the sums and
+    Inception features gathered; rank 0 decides what to do (which checkpoint, which parts) and writes."""
     run = setup(config, workdir)
     e = config.eval
     present = [n for n in run.checkpoints.numbers() if e.begin_ckpt <= n <= e.end_ckpt]
-    if not present:
+    if not present and not e.wait:
         found = run.checkpoints.numbers()
         raise FileNotFoundError(
             f"no checkpoint to evaluate: {run.checkpoints.numbered_dir} has "
@@ -956,14 +962,17 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
                "training.snapshot_freq steps"))
     folder = os.path.join(workdir, eval_folder or e.eval_folder)
     out, damaged = {}, []
-    for n in range(e.begin_ckpt, e.end_ckpt + 1):
+    numbers = (follow_numbered(run.checkpoints, e.begin_ckpt, e.end_ckpt, timeout=e.wait_timeout,
+                               poll_interval=e.poll_interval, info=run.dist)
+               if e.wait else range(e.begin_ckpt, e.end_ckpt + 1))
+    for n in numbers:
         path = run.checkpoints.numbered_path(n)
         if not os.path.isfile(path):
             log.warning("checkpoint %s does not exist; skipped", path)
             continue
         results = EvalResults(os.path.join(folder, f"ckpt_{n}.json"), writer=run.dist.is_main)
         generative = not is_classifier(config)  # a classifier has a loss and an accuracy only
-        todo = distributed.broadcast_object(
+        todo = distributed.broadcast_from_main(
             [part for part, on in (("loss", e.enable_loss), ("bpd", e.enable_bpd and generative),
                                    ("samples", e.enable_sampling and generative),
                                    ("metrics", e.enable_sampling and bool(e.metrics) and generative))

@@ -7,7 +7,7 @@ files (:attr:`DistInfo.is_main`). Data sharding per rank is ``scoresde.datasets.
 """
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -109,14 +109,14 @@ def gather_rows(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(value.device)
 
 
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` (any picklable value) on every rank: for decisions all ranks must share."""
+def broadcast_from_main(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself in a world of one."""
     if not info.enabled:
-        return obj
-    box = [obj]
+        return value
+    box = [value if info.is_main else None]
     dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
     return box[0]
 
 
 __all__ = ["DistInfo", "init", "cleanup", "barrier", "mean_over_ranks", "sum_over_ranks", "gather_rows",
-           "broadcast_object"]
+           "broadcast_from_main"]

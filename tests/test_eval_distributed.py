@@ -1,5 +1,6 @@
 """``--mode eval`` under torchrun: two Gloo processes share out the test batches (loss, bits/dim) and the
-samples (features gathered for FID/KID) and give what one process gives, up to float summation order."""
+samples (features gathered for FID/KID) and give what one process gives, up to float summation order; they
+follow the checkpoints together (``eval.wait``)."""
 import json
 import os
 import subprocess
@@ -27,7 +28,9 @@ from scoresde import metrics
 from test_run_lib import FakeExtractor, tiny_config
 from test_eval_distributed import EVAL
 metrics.InceptionFeatureExtractor = FakeExtractor
-run_lib.evaluate(tiny_config(**EVAL), {workdir!r}, eval_folder="eval_2proc")
+# the two ranks also follow the checkpoints (eval.wait): rank 0 picks checkpoint 1, then stops at end_ckpt
+run_lib.evaluate(tiny_config(**EVAL, **{{"eval.wait": True, "eval.poll_interval": 0.2, "eval.wait_timeout": 60.0}}),
+                 {workdir!r}, eval_folder="eval_2proc")
 '''
 
 

@@ -170,6 +170,29 @@ def test_rows_get_the_same_noise_and_samples_at_batch_8_and_batch_3(name, option
     assert not torch.equal(x8[0], x8[1])  # the rows have their own noise
 
 
+@pytest.mark.parametrize("name, options", [("smc", {"particles": 4, "N": 20}), ("pc", {"N": 10, "predictor":
+                                           "euler_maruyama", "corrector": "langevin"})])
+def test_posterior_samples_per_row_do_not_depend_on_the_batch(name, options):
+    """``smc`` (particles, resampling, the final pick) and replacement draw each row from its own stream."""
+    from scoresde import guidance
+    torch.manual_seed(0)
+    y = torch.randn(6, *SHAPE)
+    mask = torch.zeros(1, *SHAPE)
+    mask[..., :3] = 1.0
+    net = TinyConvScore()
+    seeds = noise.sample_seeds(0, 1, range(6))
+    sde = sde_lib.VPSDE(N=40)
+
+    def rows(lo, hi):
+        sampler = get_sampler(name, sde=sde, shape=(hi - lo, *SHAPE), **options)
+        with torch.no_grad():
+            return sampler(lambda x, t: net(x, t), seeds=seeds[lo:hi],
+                           observation=guidance.Inpainting(y[lo:hi], mask, noise_std=0.1))[0]
+
+    whole = rows(0, 6)
+    assert torch.allclose(whole, torch.cat([rows(0, 4), rows(4, 6)]), rtol=0, atol=1e-5)
+
+
 def test_pc_with_the_batch_norm_corrector_does_depend_on_the_batch():
     """What ``corrector_norm="auto"`` avoids: the paper's batch-mean Langevin step couples the rows."""
     seeds = noise.sample_seeds(0, 5, range(ROWS))

@@ -30,6 +30,7 @@ from scoresde.datasets.loader import step_seed
 from scoresde.models import (ExponentialMovingAverage, create_model, get_classifier_fn, get_score_fn,
                              load_original_checkpoint)
 from scoresde.models.common import null_label
+from scoresde.models.score_fn import PREDICTIONS
 from scoresde.progress import progress_bar
 from scoresde.models.mlp import sample_shape
 from scoresde.sampling import get_sampler
@@ -109,8 +110,46 @@ def check_config(config) -> None:
                     "is for class-conditional score networks")
     if config.data.dataset not in datasets.DATASETS:
         raise _fail("data.dataset", config.data.dataset, f"unknown; available: {', '.join(datasets.DATASETS.list())}")
+    check_loss_config(config)
     check_guidance_config(config)
     check_task_config(config)
+
+
+def loss_options(config) -> Dict[str, Any]:
+    """``training.loss``, ``prediction``, ``sigma_data``, ``P_mean``, ``P_std``, ``min_snr_gamma`` as
+    ``losses.get_loss_fn`` takes them (the defaults where a config written before them lacks them)."""
+    t = config.training
+    return dict(loss=t.get("loss", "dsm"), prediction=t.get("prediction", "auto"), sigma_data=t.get("sigma_data", 0.5),
+                P_mean=t.get("P_mean", -1.2), P_std=t.get("P_std", 1.2), min_snr_gamma=t.get("min_snr_gamma", 0.0))
+
+
+def score_prediction(config) -> Tuple[str, float]:
+    """What the network predicts (``get_score_fn``'s ``prediction``) and EDM's ``sigma_data``."""
+    options = loss_options(config)
+    return ("edm" if options["loss"] == "edm" else options["prediction"]), options["sigma_data"]
+
+
+def check_loss_config(config) -> None:
+    """``training.loss`` and its options: known values, and a combination ``losses.LossFn`` accepts."""
+    if is_classifier(config):
+        return
+    options = loss_options(config)
+    if options["loss"] not in losses.LOSSES:
+        raise _fail("training.loss", options["loss"], f"must be one of {list(losses.LOSSES)}")
+    allowed = [p for p in PREDICTIONS if p != "edm"]
+    if options["prediction"] not in allowed:
+        raise _fail("training.prediction", options["prediction"], f"must be one of {allowed} (EDM's denoiser "
+                    "comes with training.loss = 'edm')")
+    if options["loss"] == "edm" and (config.model.get("scale_by_sigma") or config.model.name == "ncsnv2"):
+        raise _fail("model.scale_by_sigma", config.model.get("scale_by_sigma"), f"training.loss = 'edm' scales the "
+                    f"network's output by c_out itself; use a network that does not divide by sigma "
+                    f"(model.scale_by_sigma = False; model.name = {config.model.name!r})")
+    t = config.training
+    try:
+        losses.get_loss_fn(get_sde(config), train=True, continuous=t.continuous, reduce_mean=t.reduce_mean,
+                           likelihood_weighting=t.likelihood_weighting, **options)
+    except ValueError as e:
+        raise ValueError(f"config.training: {e}") from None
 
 
 def _number(config, path: str, low: float = 0.0) -> float:
@@ -266,8 +305,9 @@ class Run:
         self.step = int(state["step"])
 
     def score_fn(self, train: bool = False, class_labels: Optional[torch.Tensor] = None):
+        prediction, sigma_data = score_prediction(self.config)
         return get_score_fn(self.sde, self.model, continuous=self.config.training.continuous, train=train,
-                            class_labels=class_labels)
+                            class_labels=class_labels, prediction=prediction, sigma_data=sigma_data)
 
 
 def seed_everything(seed: int) -> None:
@@ -323,6 +363,13 @@ def check_network_matches(config, state: Dict[str, Any], path: str) -> None:
     differ = [(f"{group}.{key}", saved.get(group, {}).get(key, missing), current[group].get(key, missing))
               for group, key in fields
               if saved.get(group, {}).get(key, missing) != current[group].get(key, missing)]
+    # what the network predicts (the defaults where a checkpoint predates these fields)
+    output = [("loss", "dsm"), ("prediction", "auto")]
+    if "edm" in (saved.get("training", {}).get("loss"), current.get("training", {}).get("loss")):
+        output.append(("sigma_data", 0.5))
+    differ += [(f"training.{key}", then, now) for key, default in output
+               for then, now in [(saved.get("training", {}).get(key, default), current.get("training", {}).get(key, default))]
+               if then != now]
     if differ:
         def show(value):
             return "(unset)" if value is missing else json.dumps(value)
@@ -405,7 +452,7 @@ def make_loss_fn(run: Run, train: bool):
         return losses.get_classifier_loss_fn(run.sde, train=train, continuous=t.continuous)
     # the loss's own eps (1e-5, the paper's) for every SDE; sampling stops at the SDE's default_eps
     return losses.get_loss_fn(run.sde, train=train, continuous=t.continuous, reduce_mean=t.reduce_mean,
-                              likelihood_weighting=t.likelihood_weighting)
+                              likelihood_weighting=t.likelihood_weighting, **loss_options(run.config))
 
 
 def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torch.Generator,

@@ -943,6 +943,13 @@ def eval_metrics(run: Run, x: torch.Tensor) -> Dict[str, Any]:
     return out
 
 
+def eval_digits_judge(run: Run, x: torch.Tensor) -> Dict[str, Any]:
+    """The digits judge's scores of the samples (data range) beside those of the real test digits
+    (``scoresde.metrics.digits``; the judge is cached in ``<workdir>/digits_judge``)."""
+    from scoresde.metrics.digits import evaluate_digits
+    return evaluate_digits(x, cache_dir=os.path.join(run.workdir, "digits_judge"))
+
+
 def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
     """For each numbered checkpoint in ``[eval.begin_ckpt, eval.end_ckpt]``: eval loss, bits/dim,
     samples (``.npz`` + PNG) and FID/IS/KID, as enabled; results in ``<workdir>/<eval_folder>/ckpt_<n>.json``.
@@ -991,6 +998,8 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
         if "samples" in todo or "metrics" in todo:
             info, x = eval_samples(run, n, folder)
             results.put("samples", info)
+            if config.data.dataset == "DIGITS":
+                results.put("digits_judge", eval_digits_judge(run, x))
             if "metrics" in todo and x.dim() == 4:
                 results.put("metrics", eval_metrics(run, x))
         log.info("checkpoint %d: %s", n, json.dumps(results.data))

@@ -9,8 +9,8 @@ pairwise coupling (Wu, Lin & Weng 2004, method 2: ``min_p sum_{i<j} (r_ji p_i - 
 Computed here because scikit-learn 1.9 deprecates ``SVC(probability=True)``; its replacement calibrates
 one-against-rest scores, which call half of uniform noise a confident digit, where the pairwise
 probabilities stay flat far from every digit. Nothing in the training is random, so every training gives
-the same judge. Its decision values name all 297 test digits rightly, its most probable labels 296 of them;
-it is confident (below) on 91% of them, and on none of 500 uniform-noise images.
+the same judge. It names all 297 test digits rightly (the most probable label of its probabilities: 296),
+is confident (below) on 91% of them, and on none of 500 uniform-noise images.
 
 Samples at other resolutions are brought back to 8x8 by inverting ``scoresde.datasets.pad_to_size``: the
 centred zero padding is cropped and each ``k x k`` block (``k = size // 8``) averaged, so a 16x16 digit made
@@ -18,8 +18,8 @@ by the data set (each pixel a 2x2 block) pools back to its 8x8 original exactly.
 
 Scores of a set of samples (:meth:`DigitsJudge.score`): ``confident``, the share of samples with
 ``max_y p(y | x) > 0.9``; ``inception_score``, the digit Inception score ``exp E_x KL(p(y | x) || p(y))``
-(1 to 10; higher: confident and diverse); ``class_histogram``, the count of samples per class (the judge's
-most probable label). :func:`evaluate_digits` reports them beside the same scores of the real test digits.
+(1 to 10; higher: confident and diverse); ``class_histogram``, the count of samples per class (the SVC's
+own label, :meth:`DigitsJudge.predict`). :func:`evaluate_digits` reports them beside the same scores of the real test digits.
 
 The judge is arrays only (support vectors, their coefficients, intercepts, the sigmoids): it is cached at
 ``<cache_dir>/digits_svc_v1.npz`` (written atomically, read without pickle) with the SHA-256 of its arrays;
@@ -162,8 +162,14 @@ class DigitsJudge:
         return couple(np.clip(1.0 / (1.0 + np.exp(z)), 1e-7, 1 - 1e-7))
 
     def predict(self, images) -> np.ndarray:
-        """The most probable label of each image, int64 ``[N]``."""
-        return self.probabilities(images).argmax(axis=1).astype(np.int64)
+        """The SVC's own label of each image, int64 ``[N]``: one-against-one votes (``f_ij > 0`` votes for
+        ``i``, else for ``j``), ties to the lowest class, as libsvm and ``SVC.predict`` decide."""
+        f = self.decision_function(to_digits_8x8(images))
+        votes = np.zeros((f.shape[0], NUM_CLASSES), np.int64)
+        for k, (i, j) in enumerate(PAIRS):
+            votes[:, i] += f[:, k] > 0
+            votes[:, j] += f[:, k] <= 0
+        return votes.argmax(axis=1)
 
     def score(self, images) -> Dict[str, Any]:
         """``{"num_samples", "confident", "inception_score", "class_histogram"}`` of a set of images (see the
@@ -174,7 +180,7 @@ class DigitsJudge:
         return {"num_samples": int(p.shape[0]),
                 "confident": float((p.max(axis=1) > CONFIDENCE).mean()),
                 "inception_score": inception_score(np.log(np.clip(p, 1e-300, 1.0)), splits=1)[0],
-                "class_histogram": np.bincount(p.argmax(axis=1), minlength=NUM_CLASSES).tolist()}
+                "class_histogram": np.bincount(self.predict(images), minlength=NUM_CLASSES).tolist()}
 
 
 def train_digits_judge() -> DigitsJudge:

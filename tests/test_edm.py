@@ -138,6 +138,26 @@ def test_F_zero_is_the_exact_denoiser_of_isotropic_data_with_std_sigma_data(name
     torch.testing.assert_close(score, data.score(sde, x, t), rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_samplers_and_the_likelihood_take_the_edm_score_unchanged(name):
+    """The samplers and the likelihood see only ``score_fn``: with the EDM score of the exact denoiser they
+    give what the closed-form Gaussian score gives (the same draws)."""
+    from scoresde import likelihood, sampling
+    sde, data = SDES[name](), gaussian()
+    edm_score, exact_score = get_score_fn(sde, exact_F(data), prediction="edm", sigma_data=SIGMA_DATA), data.score_fn(sde)
+    for sampler_name, options in (("dpmpp_2m", {"nfe": 10}), ("pc", {"N": 20, "predictor": "euler_maruyama"})):
+        sampler = sampling.get_sampler(sampler_name, sde=sde, shape=(6, D), dtype=torch.float64, **options)
+        x_edm, _ = sampler(edm_score, generator=torch.Generator().manual_seed(10))
+        x_exact, _ = sampler(exact_score, generator=torch.Generator().manual_seed(10))
+        torch.testing.assert_close(x_edm, x_exact, rtol=1e-6, atol=1e-6)
+    likelihood_fn = likelihood.get_likelihood_fn(sde, hutchinson_type="exact", rtol=1e-6, atol=1e-6)
+    x = data.sample(4, generator=torch.Generator().manual_seed(11))
+    bpd_edm = likelihood_fn(edm_score, x)[0]
+    torch.testing.assert_close(bpd_edm, likelihood_fn(exact_score, x)[0], rtol=1e-6, atol=1e-6)
+    eps = 1e-5
+    torch.testing.assert_close(bpd_edm, -data.ode_log_likelihood(sde, x, eps) / (D * math.log(2)), rtol=1e-3, atol=1e-3)
+
+
 def exact_prediction_net(sde, data, prediction):
     """A network that outputs the exact ``prediction`` of the Gaussian's score, reading ``t`` from its label
     (``999 t`` on VP/sub-VP, ``sigma(t)`` on VE)."""

@@ -31,6 +31,7 @@ from scoresde.follow import follow_numbered
 from scoresde.models import (ExponentialMovingAverage, create_model, get_classifier_fn, get_score_fn,
                              load_original_checkpoint)
 from scoresde.models.common import null_label
+from scoresde.models.score_fn import PREDICTIONS
 from scoresde.progress import progress_bar
 from scoresde.models.mlp import sample_shape
 from scoresde.sampling import get_sampler
@@ -114,8 +115,46 @@ def check_config(config) -> None:
                     "is for class-conditional score networks")
     if config.data.dataset not in datasets.DATASETS:
         raise _fail("data.dataset", config.data.dataset, f"unknown; available: {', '.join(datasets.DATASETS.list())}")
+    check_loss_config(config)
     check_guidance_config(config)
     check_task_config(config)
+
+
+def loss_options(config) -> Dict[str, Any]:
+    """``training.loss``, ``prediction``, ``sigma_data``, ``P_mean``, ``P_std``, ``min_snr_gamma`` as
+    ``losses.get_loss_fn`` takes them (the defaults where a config written before them lacks them)."""
+    t = config.training
+    return dict(loss=t.get("loss", "dsm"), prediction=t.get("prediction", "auto"), sigma_data=t.get("sigma_data", 0.5),
+                P_mean=t.get("P_mean", -1.2), P_std=t.get("P_std", 1.2), min_snr_gamma=t.get("min_snr_gamma", 0.0))
+
+
+def score_prediction(config) -> Tuple[str, float]:
+    """What the network predicts (``get_score_fn``'s ``prediction``) and EDM's ``sigma_data``."""
+    options = loss_options(config)
+    return ("edm" if options["loss"] == "edm" else options["prediction"]), options["sigma_data"]
+
+
+def check_loss_config(config) -> None:
+    """``training.loss`` and its options: known values, and a combination ``losses.LossFn`` accepts."""
+    if is_classifier(config):
+        return
+    options = loss_options(config)
+    if options["loss"] not in losses.LOSSES:
+        raise _fail("training.loss", options["loss"], f"must be one of {list(losses.LOSSES)}")
+    allowed = [p for p in PREDICTIONS if p != "edm"]
+    if options["prediction"] not in allowed:
+        raise _fail("training.prediction", options["prediction"], f"must be one of {allowed} (EDM's denoiser "
+                    "comes with training.loss = 'edm')")
+    if options["loss"] == "edm" and (config.model.get("scale_by_sigma") or config.model.name == "ncsnv2"):
+        raise _fail("model.scale_by_sigma", config.model.get("scale_by_sigma"), f"training.loss = 'edm' scales the "
+                    f"network's output by c_out itself; use a network that does not divide by sigma "
+                    f"(model.scale_by_sigma = False; model.name = {config.model.name!r})")
+    t = config.training
+    try:
+        losses.get_loss_fn(get_sde(config), train=True, continuous=t.continuous, reduce_mean=t.reduce_mean,
+                           likelihood_weighting=t.likelihood_weighting, **options)
+    except ValueError as e:
+        raise ValueError(f"config.training: {e}") from None
 
 
 def _number(config, path: str, low: float = 0.0) -> float:
@@ -271,8 +310,9 @@ class Run:
         self.step = int(state["step"])
 
     def score_fn(self, train: bool = False, class_labels: Optional[torch.Tensor] = None):
+        prediction, sigma_data = score_prediction(self.config)
         return get_score_fn(self.sde, self.model, continuous=self.config.training.continuous, train=train,
-                            class_labels=class_labels)
+                            class_labels=class_labels, prediction=prediction, sigma_data=sigma_data)
 
 
 def seed_everything(seed: int) -> None:
@@ -328,6 +368,13 @@ def check_network_matches(config, state: Dict[str, Any], path: str) -> None:
     differ = [(f"{group}.{key}", saved.get(group, {}).get(key, missing), current[group].get(key, missing))
               for group, key in fields
               if saved.get(group, {}).get(key, missing) != current[group].get(key, missing)]
+    # what the network predicts (the defaults where a checkpoint predates these fields)
+    output = [("loss", "dsm"), ("prediction", "auto")]
+    if "edm" in (saved.get("training", {}).get("loss"), current.get("training", {}).get("loss")):
+        output.append(("sigma_data", 0.5))
+    differ += [(f"training.{key}", then, now) for key, default in output
+               for then, now in [(saved.get("training", {}).get(key, default), current.get("training", {}).get(key, default))]
+               if then != now]
     if differ:
         def show(value):
             return "(unset)" if value is missing else json.dumps(value)
@@ -410,7 +457,7 @@ def make_loss_fn(run: Run, train: bool):
         return losses.get_classifier_loss_fn(run.sde, train=train, continuous=t.continuous)
     # the loss's own eps (1e-5, the paper's) for every SDE; sampling stops at the SDE's default_eps
     return losses.get_loss_fn(run.sde, train=train, continuous=t.continuous, reduce_mean=t.reduce_mean,
-                              likelihood_weighting=t.likelihood_weighting)
+                              likelihood_weighting=t.likelihood_weighting, **loss_options(run.config))
 
 
 def batch_loss(run: Run, loss_fn, model: torch.nn.Module, batch, generator: torch.Generator,
@@ -942,6 +989,18 @@ def eval_metrics(run: Run, x: torch.Tensor, indices: torch.Tensor) -> Dict[str, 
     return out
 
 
+def eval_digits_judge(run: Run, x: torch.Tensor, indices: torch.Tensor) -> Dict[str, Any]:
+    """The digits judge's scores of the samples (data range) beside those of the real test digits
+    (``scoresde.metrics.digits``; the judge is cached in ``<workdir>/digits_judge``). Every rank's samples
+    are gathered in index order (they are small); rank 0 judges them, other ranks return ``{}``."""
+    from scoresde.metrics.digits import evaluate_digits
+    order = distributed.gather_rows(indices.long(), run.dist).argsort()
+    x = distributed.gather_rows(x.float(), run.dist)[order]
+    if not run.dist.is_main:
+        return {}
+    return evaluate_digits(x, cache_dir=os.path.join(run.workdir, "digits_judge"))
+
+
 def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
     """For each numbered checkpoint in ``[eval.begin_ckpt, eval.end_ckpt]``: eval loss, bits/dim,
     samples (``.npz`` + PNG) and FID/IS/KID, as enabled; results in ``<workdir>/<eval_folder>/ckpt_<n>.json``.
@@ -997,6 +1056,8 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
         if "samples" in todo or "metrics" in todo:
             info, x, indices = eval_samples(run, n, folder)
             results.put("samples", info)
+            if config.data.dataset == "DIGITS":
+                results.put("digits_judge", eval_digits_judge(run, x, indices))
             if "metrics" in todo and x.dim() == 4:
                 results.put("metrics", eval_metrics(run, x, indices))
         if run.dist.is_main:

@@ -13,9 +13,9 @@ so one network gives both scores) or not, and measures, with its newest checkpoi
   judge assigns to the digit's own label, next to what a classifier of top halves alone gets right (how
   much of the label the observed half holds).
 
-The judge is an RBF support-vector classifier on the 1,500 training digits at the run's ``data.image_size``,
-made exactly as the DIGITS data set makes them (``scoresde.datasets.pad_to_size``); its accuracy on the 297
-test digits is printed as the ceiling. Seeds are fixed: the same workdir gives the same table.
+The judge is the library's digits judge (``scoresde.metrics.digits``: an RBF support-vector classifier on the
+1,500 training digits at 8x8, samples average-pooled back to 8x8); its accuracy on the 297 test digits is
+printed as the ceiling. Seeds are fixed: the same workdir gives the same table.
 
     python benchmarks/guidance_digits.py --workdir runs/digits_cond
     python benchmarks/guidance_digits.py --workdir runs/digits_cond --config configs/vp/digits_cond.py \
@@ -41,6 +41,7 @@ import run_lib  # noqa: E402
 from scoresde import guidance, image_tasks  # noqa: E402
 from scoresde.datasets import pad_to_size, read_digits  # noqa: E402
 from scoresde.datasets.loader import step_seed  # noqa: E402
+from scoresde.metrics.digits import load_digits_judge  # noqa: E402
 from scoresde.models.common import null_label  # noqa: E402
 
 
@@ -74,16 +75,11 @@ def digits(split: str, size: int):
     return (pad_to_size(images, size).float() / 255.0).reshape(len(images), -1).numpy(), labels.numpy()
 
 
-def train_judge(size: int):
-    from sklearn.svm import SVC
-    judge = SVC(C=10.0, gamma="scale").fit(*digits("train", size))
-    x_test, y_test = digits("test", size)
-    return judge, float((judge.predict(x_test) == y_test).mean())
-
-
-def judge_labels(judge, x: torch.Tensor) -> np.ndarray:
-    """The judge's labels of samples in data range ``[0, 1]`` ``[B, 1, H, W]``."""
-    return judge.predict(x.clamp(0, 1).reshape(x.shape[0], -1).numpy())
+def judge_with_accuracy():
+    """The library's digits judge and its accuracy on the 297 test digits."""
+    judge = load_digits_judge()
+    images, labels = read_digits("test")
+    return judge, float((judge.predict(images) == labels.numpy()).mean())
 
 
 def sample_in_batches(run, labels: torch.Tensor, score_fn_for, seed: int, observations=None):
@@ -123,12 +119,12 @@ def main(argv=None):
     path = run.checkpoints.newest() if args.ckpt == 0 else run.checkpoints.numbered_path(args.ckpt)
     step = run_lib.load_for_inference(run, path, use_ema=True)
     size = config.data.image_size
-    judge, judge_accuracy = train_judge(size)
+    judge, judge_accuracy = judge_with_accuracy()
     sampler = config.sampling.sampler
     options = {key: v for key, v in config.sampling.options[sampler].items() if v is not None}
     print(f"workdir {args.workdir} (step {step}); sampler {sampler} {options}; {args.threads} thread(s); seed {args.seed}")
-    print(f"judge: RBF SVC on the 1500 training digits ({size}x{size}), {judge_accuracy:.1%} right on the 297 "
-          "test digits\n")
+    print(f"judge: scoresde.metrics.digits (RBF SVC on the 1500 training digits at 8x8), {judge_accuracy:.1%} "
+          "right on the 297 test digits\n")
 
     kinds = [("classifier-free", 1)] if k else []
     if args.classifier_workdir:
@@ -147,7 +143,7 @@ def main(argv=None):
                     run.score_fn(class_labels=rows if k else None), classifier_fn, rows, scale)
             start = time.time()
             x = sample_in_batches(run, requested, score_fn_for, step_seed(args.seed, stream, int(round(scale * 1000))))
-            agree = float((judge_labels(judge, x) == requested.numpy()).mean())
+            agree = float((judge.predict(x) == requested.numpy()).mean())
             print(f"| {kind} | {scale:g} | {x.shape[0]} | {agree:.1%} | {time.time() - start:.0f} |")
 
     if args.inpaint:
@@ -172,7 +168,7 @@ def main(argv=None):
                 x = sample_in_batches(run, null, lambda rows: guidance.posterior_guidance(
                     unconditional(rows), run.sde, next(batches), method=method,
                     std=args.likelihood_std), step_seed(args.seed, 2))
-            kept = float((judge_labels(judge, x[:n]) == truth).mean())
+            kept = float((judge.predict(x[:n]) == truth).mean())
             name = method if method == "replace" else f"{method} (likelihood std {args.likelihood_std:g})"
             print(f"| {name} | {kept:.1%} | {time.time() - start:.0f} |")
         top = np.arange(size * size) < size * (size // 2)  # the observed rows, flattened
@@ -180,7 +176,7 @@ def main(argv=None):
         from sklearn.svm import SVC
         top_judge = SVC(C=10.0, gamma="scale").fit(x_train[:, top], y_train)
         top_accuracy = float((top_judge.predict(images[:n].reshape(n, -1).numpy()[:, top]) == truth).mean())
-        whole = float((judge_labels(judge, images[:n]) == truth).mean())
+        whole = float((judge.predict(images[:n]) == truth).mean())
         print(f"| (the originals) | {whole:.1%} | |")
         print(f"\nHow much the top half says: an SVC trained on top halves alone names {top_accuracy:.1%} of these "
               "digits rightly.")

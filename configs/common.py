@@ -75,6 +75,17 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     # 'score': a score network (denoising score matching); 'classifier': a noise-conditional classifier
     # (model.name = 'classifier', cross-entropy on noised data) for classifier guidance
     training.objective = "score"
+    # the score network's loss: 'dsm' (the paper's: continuous DSM, or with training.continuous=False the
+    # DDPM loss on VP / the SMLD loss on VE), 'ddpm' / 'smld' (those by name), 'edm' (Karras et al. 2022:
+    # the network wrapped in EDM's preconditioner, log sigma ~ N(P_mean, P_std^2), weight lambda(sigma))
+    training.loss = "dsm"
+    training.sigma_data = 0.5     # edm: the data's standard deviation in the network's range
+    training.P_mean = -1.2        # edm: mean and std of log sigma during training
+    training.P_std = 1.2
+    # what the network predicts under the continuous DSM loss: 'auto' (the paper's: the noise on VP/sub-VP,
+    # the score on VE), 'score', 'eps', 'x0', 'v' (VP only); see scoresde.models.get_score_fn
+    training.prediction = "auto"
+    training.min_snr_gamma = 0.0  # > 0: the min-SNR-gamma weighting (Hang et al. 2023) of the DSM loss; 0 = off
     # the divergence guard (scoresde.divergence): a state whose loss or gradient norm is more than
     # divergence_factor times its running median over the last divergence_window steps is suspect and
     # not saved; divergence_patience suspect steps in a row (or one NaN/inf) stop the run, which then

@@ -1,4 +1,4 @@
-"""Training objectives (continuous DSM, discrete DDPM and SMLD; the cross-entropy of noise-conditional
+"""Training objectives (continuous DSM, discrete DDPM and SMLD, EDM; the cross-entropy of noise-conditional
 classifiers; label dropout) and the optimisation step.
 
 The one convention
@@ -11,6 +11,11 @@ The one convention
   DDPM (``VPSDE``): the network predicts the noise ``z`` of ``x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z``;
   SMLD (``VESDE``): the network outputs the score at noise level ``sigma_i``, the levels ordered from
   ``sigma_max`` down (``i = 0`` is the largest, as NCSN and ``scoresde.models`` index them).
+* EDM (Karras et al. 2022) trains the preconditioned denoiser ``D`` of ``scoresde.models.EDMDenoiser`` on
+  ``x + sigma z`` with ``log sigma ~ N(P_mean, P_std^2)``, independently of the SDE; ``get_score_fn(...,
+  prediction='edm')`` turns ``D`` into the score of any SDE. The continuous DSM loss also trains the
+  ``eps``/``x0``/``v``/``score`` parameterisations (through the same ``get_score_fn``), optionally with the
+  min-SNR-gamma weighting.
 * Every per-sample loss is reduced over the data dimensions by ``0.5 * sum`` or, with ``reduce_mean``, by
   ``mean`` (the paper's code); the per-sample functions return ``[B]``, :class:`LossFn` their batch mean.
 """
@@ -26,6 +31,8 @@ from .utils import batch_broadcast, randn_like
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+#: the training objectives of a score network (config ``training.loss``)
+LOSSES = ("dsm", "ddpm", "smld", "edm")
 
 
 def _check_batch(x: Tensor) -> None:
@@ -67,20 +74,53 @@ def perturb(sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
     return mean + std * z, t, z, std
 
 
+def min_snr_weight(sde: SDE, t: Tensor, gamma: float) -> Tensor:
+    """The min-SNR-gamma weight (Hang et al. 2023) on the noise-prediction loss, float64 ``[B]``:
+    ``min(SNR(t), gamma) / SNR(t)`` with ``SNR = alpha^2 / sigma^2``. On ``||eps_hat - z||^2`` this is the
+    paper's weighting whatever the network predicts, because ``||eps_hat - z||^2`` equals
+    ``SNR ||x0_hat - x_0||^2`` and ``SNR / (SNR + 1) ||v_hat - v||^2`` (VP): the weights become
+    ``min(SNR, gamma)`` on the x0 loss and ``min(SNR, gamma) / (SNR + 1)`` on the v loss."""
+    snr = torch.exp(2 * sde.log_snr(t))
+    return torch.clamp(snr, max=gamma) / snr
+
+
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
-             eps: float = 1e-5, reduce_mean: bool = False, likelihood_weighting: bool = False) -> Tensor:
+             eps: float = 1e-5, reduce_mean: bool = False, likelihood_weighting: bool = False,
+             min_snr_gamma: float = 0.0) -> Tensor:
     """Continuous denoising score matching (Song et al. 2021, eq. 7), per sample ``[B]``.
 
     ``t ~ U(eps, T)``, ``z ~ N(0, I)``, ``x_t = alpha(t) x + sigma(t) z``; with ``lambda(t) = sigma(t)^2``
-    the loss is ``||sigma s(x_t, t) + z||^2``, with likelihood weighting ``lambda(t) = g(t)^2``
-    (Song et al. 2021b) it is ``g(t)^2 ||s(x_t, t) + z / sigma||^2``; both reduced by :func:`reduce_per_sample`.
+    the loss is ``||sigma s(x_t, t) + z||^2`` (the noise-prediction loss ``||eps_hat - z||^2``), with
+    likelihood weighting ``lambda(t) = g(t)^2`` (Song et al. 2021b) it is ``g(t)^2 ||s(x_t, t) + z / sigma||^2``,
+    with ``min_snr_gamma > 0`` it is ``||sigma s + z||^2`` times :func:`min_snr_weight`; all reduced by
+    :func:`reduce_per_sample`.
     """
     x_t, t, z, std = perturb(sde, x, generator=generator, eps=eps)
     score = score_fn(x_t, t)
     if likelihood_weighting:
         g2 = sde.sde(x, t)[1] ** 2
         return reduce_per_sample(torch.square(score + z / std), reduce_mean) * g2
-    return reduce_per_sample(torch.square(score * std + z), reduce_mean)
+    losses = reduce_per_sample(torch.square(score * std + z), reduce_mean)
+    if min_snr_gamma > 0:
+        return losses * min_snr_weight(sde, t, min_snr_gamma).to(losses.dtype)
+    return losses
+
+
+def edm_loss(denoiser: Callable, x: Tensor, *, generator: Optional[torch.Generator] = None,
+             P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, reduce_mean: bool = False,
+             class_labels: Optional[Tensor] = None) -> Tensor:
+    """The EDM loss (Karras et al. 2022, eq. 8 and Table 1), per sample ``[B]``: ``log sigma ~ N(P_mean,
+    P_std^2)``, ``z ~ N(0, I)``, ``lambda(sigma) ||D(x + sigma z, sigma) - x||^2`` reduced by
+    :func:`reduce_per_sample`, with ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` and ``D`` a
+    ``denoiser(x, sigma [B], class_labels)`` (``scoresde.models.EDMDenoiser``). The minimiser is
+    ``D(x, sigma) = E[x_0 | x_0 + sigma z = x]`` at every sigma."""
+    from .models.score_fn import edm_loss_weight  # lazy, as in LossFn
+    _check_batch(x)
+    log_sigma = randn_like(x.new_empty(x.shape[0]), generator)
+    sigma = torch.exp(P_mean + P_std * log_sigma)
+    z = randn_like(x, generator)
+    denoised = denoiser(x + batch_broadcast(sigma, x) * z, sigma, class_labels)
+    return reduce_per_sample(torch.square(denoised - x), reduce_mean) * edm_loss_weight(sigma, sigma_data)
 
 
 def ddpm_loss(model: Callable, vpsde: VPSDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
@@ -146,15 +186,55 @@ def drop_labels(class_labels: Tensor, p: float, null_label: int, *,
     return torch.where(drop, torch.full_like(class_labels, null_label), class_labels)
 
 
+def _finite(value, name: str, low: float = -math.inf, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (positive and value <= 0):
+        need = "a positive finite number" if positive else f"a finite number >= {low:g}" if low > -math.inf \
+            else "a finite number"
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    return float(value)
+
+
 class LossFn:
     """``loss_fn(model, batch, *, generator=None, class_labels=None) -> scalar``: the batch mean of the
-    continuous DSM loss (through ``scoresde.models.get_score_fn``) or of the discrete DDPM / SMLD loss.
-    Puts ``model`` in train or eval mode; an evaluation loss (``train=False``) runs under ``no_grad``."""
+    loss named by ``loss`` (:data:`LOSSES`):
+
+    * ``"dsm"``: continuous DSM (:func:`dsm_loss`, through ``scoresde.models.get_score_fn`` with
+      ``prediction``), or with ``continuous=False`` the discrete loss of the SDE (DDPM for ``VPSDE``, SMLD
+      for ``VESDE``: the paper's choice);
+    * ``"ddpm"`` / ``"smld"``: that discrete loss by name (``continuous=False`` and a ``VPSDE`` / ``VESDE``);
+    * ``"edm"``: :func:`edm_loss` on the network wrapped in ``scoresde.models.EDMDenoiser`` (continuous;
+      sample with ``get_score_fn(..., prediction='edm')``).
+
+    ``min_snr_gamma > 0`` weights the continuous DSM loss by :func:`min_snr_weight`. Puts ``model`` in train
+    or eval mode; an evaluation loss (``train=False``) runs under ``no_grad``."""
 
     def __init__(self, sde: SDE, *, train: bool, continuous: bool = True, reduce_mean: bool = False,
-                 likelihood_weighting: bool = False, eps: float = 1e-5):
+                 likelihood_weighting: bool = False, eps: float = 1e-5, loss: str = "dsm",
+                 prediction: str = "auto", sigma_data: float = 0.5, P_mean: float = -1.2, P_std: float = 1.2,
+                 min_snr_gamma: float = 0.0):
+        from .models.score_fn import PREDICTIONS, check_sigma_data  # lazy, as in per_sample
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be an scoresde.sde_lib.SDE, got {type(sde).__name__}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)} (config training.loss), got {loss!r}")
+        if prediction not in PREDICTIONS or prediction == "edm":
+            raise ValueError(f"prediction must be one of {[p for p in PREDICTIONS if p != 'edm']} (config "
+                             f"training.prediction; the EDM denoiser comes with loss='edm'), got {prediction!r}")
+        discrete = {"ddpm": VPSDE, "smld": VESDE}
+        if loss in discrete and (continuous or type(sde) is not discrete[loss]):
+            raise ValueError(f"loss={loss!r} is the discrete loss of the {discrete[loss].__name__}: set "
+                             f"continuous=False (config training.continuous) with that SDE, got continuous="
+                             f"{continuous} and {type(sde).__name__}")
+        if prediction == "v" and type(sde) is not VPSDE:
+            raise ValueError(f"prediction='v' needs alpha(t)^2 + sigma(t)^2 = 1, i.e. a VPSDE, got "
+                             f"{type(sde).__name__}: use 'eps', 'x0' or 'score' (config training.prediction)")
+        if loss == "edm" and not continuous:
+            raise ValueError("loss='edm' trains a continuous-noise denoiser: set continuous=True "
+                             "(config training.continuous)")
+        if loss == "edm" and prediction != "auto":
+            raise ValueError(f"loss='edm' trains its own preconditioned denoiser; prediction={prediction!r} "
+                             f"applies to loss='dsm': leave prediction='auto' (config training.prediction)")
         if not continuous:
             if isinstance(sde, subVPSDE) or type(sde) not in (VPSDE, VESDE):
                 raise ValueError(f"continuous=False needs a VPSDE (DDPM loss) or a VESDE (SMLD loss); "
@@ -162,23 +242,43 @@ class LossFn:
             if likelihood_weighting:
                 raise ValueError("likelihood_weighting=True applies to the continuous loss only; "
                                  "set continuous=True or likelihood_weighting=False")
+            if prediction != "auto":
+                raise ValueError(f"prediction={prediction!r} applies to the continuous loss only; set "
+                                 f"continuous=True or prediction='auto' (config training.prediction)")
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps!r}")
+        self.min_snr_gamma = _finite(min_snr_gamma, "min_snr_gamma (config training.min_snr_gamma; 0 = off)", 0.0)
+        if self.min_snr_gamma > 0 and (loss != "dsm" or not continuous or likelihood_weighting):
+            raise ValueError(f"min_snr_gamma = {min_snr_gamma!r} weights the continuous DSM loss (loss='dsm', "
+                             f"continuous=True, likelihood_weighting=False); set min_snr_gamma=0 (config "
+                             f"training.min_snr_gamma) or use that loss")
+        if loss == "edm" and likelihood_weighting:
+            raise ValueError("loss='edm' has its own weighting lambda(sigma); set likelihood_weighting=False")
         self.sde = sde
         self.train = bool(train)
         self.continuous = bool(continuous)
         self.reduce_mean = bool(reduce_mean)
         self.likelihood_weighting = bool(likelihood_weighting)
         self.eps = float(eps)
+        self.loss, self.prediction = loss, prediction
+        self.sigma_data = check_sigma_data(sigma_data)
+        self.P_mean = _finite(P_mean, "P_mean (config training.P_mean)")
+        self.P_std = _finite(P_std, "P_std (config training.P_std)", positive=True)
 
     def per_sample(self, model: Callable, batch: Tensor, *, generator: Optional[torch.Generator] = None,
                    class_labels: Optional[Tensor] = None) -> Tensor:
         """The ``[B]`` losses (model mode and grad mode left as they are)."""
+        from .models import EDMDenoiser, get_score_fn  # lazy: the losses do not need the networks to import
+        if self.loss == "edm":
+            return edm_loss(EDMDenoiser(model, self.sigma_data, train=None), batch, generator=generator,
+                            P_mean=self.P_mean, P_std=self.P_std, sigma_data=self.sigma_data,
+                            reduce_mean=self.reduce_mean, class_labels=class_labels)
         if self.continuous:
-            from .models import get_score_fn  # lazy: the losses do not need the networks to import
-            score_fn = get_score_fn(self.sde, model, continuous=True, train=None, class_labels=class_labels)
+            score_fn = get_score_fn(self.sde, model, continuous=True, train=None, class_labels=class_labels,
+                                    prediction=self.prediction)
             return dsm_loss(score_fn, self.sde, batch, generator=generator, eps=self.eps,
-                            reduce_mean=self.reduce_mean, likelihood_weighting=self.likelihood_weighting)
+                            reduce_mean=self.reduce_mean, likelihood_weighting=self.likelihood_weighting,
+                            min_snr_gamma=self.min_snr_gamma)
         discrete = ddpm_loss if isinstance(self.sde, VPSDE) else smld_loss
         return discrete(model, self.sde, batch, generator=generator, reduce_mean=self.reduce_mean,
                         class_labels=class_labels)
@@ -194,7 +294,9 @@ class LossFn:
 
     def __repr__(self) -> str:
         return (f"LossFn(sde={type(self.sde).__name__}, train={self.train}, continuous={self.continuous}, "
-                f"reduce_mean={self.reduce_mean}, likelihood_weighting={self.likelihood_weighting}, eps={self.eps})")
+                f"reduce_mean={self.reduce_mean}, likelihood_weighting={self.likelihood_weighting}, eps={self.eps}, "
+                f"loss={self.loss!r}, prediction={self.prediction!r}, sigma_data={self.sigma_data}, "
+                f"P_mean={self.P_mean}, P_std={self.P_std}, min_snr_gamma={self.min_snr_gamma})")
 
 
 class ClassifierLossFn:
@@ -227,11 +329,12 @@ class ClassifierLossFn:
 
 
 def get_loss_fn(sde: SDE, *, train: bool, continuous: bool = True, reduce_mean: bool = False,
-                likelihood_weighting: bool = False, eps: float = 1e-5) -> LossFn:
+                likelihood_weighting: bool = False, eps: float = 1e-5, **options) -> LossFn:
     """The training (``train=True``) or evaluation loss for ``sde``: continuous DSM, or with
-    ``continuous=False`` the DDPM loss (``VPSDE``) or the SMLD loss (``VESDE``). See :class:`LossFn`."""
+    ``continuous=False`` the DDPM loss (``VPSDE``) or the SMLD loss (``VESDE``); ``options`` (``loss``,
+    ``prediction``, ``sigma_data``, ``P_mean``, ``P_std``, ``min_snr_gamma``) as :class:`LossFn` takes them."""
     return LossFn(sde, train=train, continuous=continuous, reduce_mean=reduce_mean,
-                  likelihood_weighting=likelihood_weighting, eps=eps)
+                  likelihood_weighting=likelihood_weighting, eps=eps, **options)
 
 
 def get_classifier_loss_fn(sde: SDE, *, train: bool, continuous: bool = True, eps: float = 1e-5) -> ClassifierLossFn:
@@ -323,13 +426,15 @@ class StepFn:
 
 def get_step_fn(sde: SDE, *, train: bool, continuous: bool = True, reduce_mean: bool = False,
                 likelihood_weighting: bool = False, eps: float = 1e-5, lr: float = 2e-4, warmup: int = 5000,
-                grad_clip: float = 1.0) -> StepFn:
-    """A :class:`StepFn` for the loss of :func:`get_loss_fn` with these settings (the paper's optimiser defaults)."""
+                grad_clip: float = 1.0, **options) -> StepFn:
+    """A :class:`StepFn` for the loss of :func:`get_loss_fn` with these settings and ``options`` (the paper's
+    optimiser defaults)."""
     loss_fn = get_loss_fn(sde, train=train, continuous=continuous, reduce_mean=reduce_mean,
-                          likelihood_weighting=likelihood_weighting, eps=eps)
+                          likelihood_weighting=likelihood_weighting, eps=eps, **options)
     return StepFn(loss_fn, lr=lr, warmup=warmup, grad_clip=grad_clip)
 
 
-__all__ = ["perturb", "dsm_loss", "ddpm_loss", "smld_loss", "reduce_per_sample", "classifier_loss", "drop_labels",
+__all__ = ["LOSSES", "perturb", "dsm_loss", "ddpm_loss", "smld_loss", "edm_loss", "min_snr_weight",
+           "reduce_per_sample", "classifier_loss", "drop_labels",
            "LossFn", "ClassifierLossFn", "get_classifier_loss_fn", "get_loss_fn",
            "warmup_lr", "optimization_step", "ema_weights", "StepFn", "get_step_fn"]

@@ -11,10 +11,12 @@ from scoresde.models.classifier import get_classifier_fn
 from scoresde.models.checkpoint import CheckpointInfo, load_original_checkpoint, restricted_load
 from scoresde.models.ema import ExponentialMovingAverage
 from scoresde.models.factory import count_parameters, create_model
-from scoresde.models.score_fn import ScoreFunction, get_model_fn, get_score_fn
+from scoresde.models.score_fn import (PREDICTIONS, EDMDenoiser, ScoreFunction, edm_coefficients, edm_loss_weight,
+                                      get_model_fn, get_score_fn)
 
 __all__ = [
     "register_model", "get_model", "list_models", "create_model", "count_parameters",
-    "get_model_fn", "get_score_fn", "ScoreFunction", "get_classifier_fn", "ExponentialMovingAverage",
+    "get_model_fn", "get_score_fn", "ScoreFunction", "PREDICTIONS", "EDMDenoiser", "edm_coefficients",
+    "edm_loss_weight", "get_classifier_fn", "ExponentialMovingAverage",
     "load_original_checkpoint", "restricted_load", "CheckpointInfo",
 ]

@@ -202,6 +202,7 @@ _ARCHS = {
 
 class _NCSNv2Base(nn.Module):
     arch: Optional[str] = None
+    scale_by_sigma = True  # the output is always divided by sigma (read by scoresde.models.EDMDenoiser)
 
     def __init__(self, config):
         super().__init__()

@@ -71,7 +71,8 @@ def check_config(config) -> None:
         raise _fail("training.mixed_precision", config.training.mixed_precision, f"must be one of {list(MIXED_PRECISION)}")
     for path in ("training.batch_size", "training.n_iters", "training.snapshot_freq", "training.log_freq",
                  "training.eval_freq", "training.snapshot_freq_for_preemption", "eval.batch_size",
-                 "eval.bpd_num_repeats", "sampling.num_samples", "sampling.batch_size"):
+                 "eval.bpd_num_repeats", "sampling.num_samples", "sampling.batch_size", "eval.shard_size",
+                 "sampling.shard_size"):
         value = config
         for part in path.split("."):
             value = value[part]

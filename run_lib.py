@@ -27,6 +27,7 @@ from scoresde import (checkpoint, config_file, datasets, distributed, divergence
 from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
                              to_uint8_nhwc)
 from scoresde.datasets.loader import step_seed
+from scoresde.follow import follow_numbered
 from scoresde.models import (ExponentialMovingAverage, create_model, get_classifier_fn, get_score_fn,
                              load_original_checkpoint)
 from scoresde.models.common import null_label
@@ -92,6 +93,10 @@ def check_config(config) -> None:
     if config.eval.begin_ckpt > config.eval.end_ckpt:
         raise _fail("eval.begin_ckpt", config.eval.begin_ckpt, f"is after eval.end_ckpt = {config.eval.end_ckpt}: "
                     "evaluation runs over checkpoints begin_ckpt..end_ckpt; swap them or raise eval.end_ckpt")
+    for path in ("eval.wait_timeout", "eval.poll_interval"):
+        value = config.eval[path.split(".")[1]]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise _fail(path, value, "must be a positive number of seconds")
     unknown = sorted(set(config.eval.metrics) - set(METRICS))
     if unknown:
         raise _fail("eval.metrics", tuple(config.eval.metrics), f"unknown {unknown}; available: {list(METRICS)}")
@@ -779,10 +784,11 @@ def _train(run: Run, guard: divergence.DivergenceGuard) -> List[float]:
 
 class EvalResults:
     """``<workdir>/<eval_folder>/ckpt_<n>.json``, rewritten atomically after every finished part, so a
-    re-run skips what is done."""
+    re-run skips what is done. Every rank keeps the values; only the ``writer`` (rank 0) writes the file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, writer: bool = True):
         self.path = path
+        self.writer = writer
         self.data: Dict[str, Any] = {}
         if os.path.isfile(path):
             with open(path) as f:
@@ -793,6 +799,8 @@ class EvalResults:
 
     def put(self, key: str, value: Any) -> None:
         self.data[key] = value
+        if not self.writer:
+            return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
@@ -802,24 +810,33 @@ class EvalResults:
         os.replace(tmp, self.path)
 
 
-def _test_batches(run: Run, raw: bool = False) -> Iterable:
-    return datasets.get_dataloader(run.config, "test", infinite=False, shuffle=False, raw=raw)
+def _test_batches(run: Run, raw: bool = False) -> Iterable[Tuple[int, Any]]:
+    """``(i, batch)`` for this rank's batches of the test split: the global batches ``i = rank, rank + W, ...``
+    (each batch's randomness is keyed by ``i``, so every batch gives what it gives in one process)."""
+    batches = datasets.get_dataloader(run.config, "test", infinite=False, shuffle=False, raw=raw)
+    return ((i, batch) for i, batch in enumerate(batches) if i % run.dist.world_size == run.dist.rank)
+
+
+def _sums_over_ranks(run: Run, values: Sequence[float]) -> List[float]:
+    """Per-rank partial sums (float64) summed over ranks: what one process would have summed, up to the order."""
+    return distributed.sum_over_ranks(torch.tensor(values, dtype=torch.float64), run.dist).tolist()
 
 
 def eval_loss(run: Run) -> Dict[str, float]:
     """The loss of the (EMA) network over the whole test split (and a classifier's accuracy on it, at
-    the random noise levels of the loss)."""
+    the random noise levels of the loss). The batches are shared out over the ranks and the sums reduced."""
     loss_fn = make_loss_fn(run, train=False)
-    totals, count = {}, 0
+    keys = ["loss"] + (["accuracy"] if is_classifier(run.config) else [])
+    totals, count = [0.0] * len(keys), 0
     with torch.no_grad():
-        for i, batch in enumerate(_test_batches(run)):
+        for i, batch in _test_batches(run):
             metrics = {}
             metrics["loss"] = batch_loss(run, loss_fn, run.model, batch,
                                          _generator(run.device, run.config.seed, i, _EVAL_LOSS), metrics=metrics)
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value.item() * batch[0].shape[0]
+            totals = [total + metrics[key].item() * batch[0].shape[0] for total, key in zip(totals, keys)]
             count += batch[0].shape[0]
-    return {**{key: total / count for key, total in totals.items()}, "num_examples": count}
+    *totals, count = _sums_over_ranks(run, totals + [count])
+    return {**{key: total / count for key, total in zip(keys, totals)}, "num_examples": int(count)}
 
 
 def eval_bpd(run: Run) -> Dict[str, Any]:
@@ -833,45 +850,73 @@ def eval_bpd(run: Run) -> Dict[str, Any]:
                                                  eps=run.sde.default_eps, offset=offset)
     score_fn = run.score_fn(train=False)
     limit = e.bpd_num_images or None
+    batch_size = e.batch_size
     per_repeat, nfe = [], 0
     for repeat in range(e.bpd_num_repeats):
-        values, seen = [], 0
-        for i, (counts, _) in enumerate(_test_batches(run, raw=True)):
-            if limit is not None and seen >= limit:
+        total, seen, calls = 0.0, 0, 0
+        for i, (counts, _) in _test_batches(run, raw=True):
+            start = i * batch_size  # the global index of the batch's first image
+            if limit is not None and start >= limit:
                 break
-            counts = counts[: None if limit is None else limit - seen].to(run.device)
+            counts = counts[: None if limit is None else limit - start].to(run.device)
             generator = _generator(run.device, run.config.seed, repeat, i, _BPD)
             u = likelihood.uniform_dequantize(counts, generator)
             bpd, _, n = likelihood_fn(score_fn, run.scaler(u), generator=generator)
-            values.append(bpd.cpu())
+            total += float(bpd.double().sum())
             seen += counts.shape[0]
-            nfe += n
-        per_repeat.append(float(torch.cat(values).mean()))
+            calls += n
+        total, seen, calls = _sums_over_ranks(run, [total, seen, calls])
+        per_repeat.append(total / seen)
+        nfe += int(calls)
         log.info("bits/dim repeat %d: %.4f", repeat, per_repeat[-1])
-    return {"bpd": float(np.mean(per_repeat)), "per_repeat": per_repeat, "num_images": seen,
+    return {"bpd": float(np.mean(per_repeat)), "per_repeat": per_repeat, "num_images": int(seen),
             "offset": offset, "nfe": nfe}
 
 
-def eval_samples(run: Run, n: int, folder: str) -> Tuple[Dict[str, Any], torch.Tensor]:
+def eval_samples(run: Run, n: int, folder: str) -> Tuple[Dict[str, Any], torch.Tensor, torch.Tensor]:
+    """The samples of checkpoint ``n``: ``(info, x, indices)`` with this rank's samples and their indices."""
     e = run.config.eval
     labels = default_labels(run, math.ceil(e.num_samples / e.batch_size) * e.batch_size)
     x, nfe = draw_samples(run, e.num_samples, e.batch_size, (run.config.seed, n, _SAMPLES), labels=labels)
     stem = os.path.join(folder, f"ckpt_{n}_samples")
-    if e.save_samples:
+    if e.save_samples and run.dist.is_main:
         save_samples(x, stem, labels=None if labels is None else labels[:e.num_samples])
-    return {"num_samples": int(x.shape[0]), "nfe": nfe, "sampler": run.config.sampling.sampler,
-            "path": stem + ".npz" if e.save_samples else None}, x
+    info = {"num_samples": int(x.shape[0]), "nfe": nfe, "sampler": run.config.sampling.sampler,
+            "path": stem + ".npz" if e.save_samples else None}
+    if not run.dist.is_main:  # every rank drew them all; rank 0's count once
+        x = x[:0]
+    return info, x, torch.arange(x.shape[0])
 
 
-def eval_metrics(run: Run, x: torch.Tensor) -> Dict[str, Any]:
+def _gathered_features(run: Run, extractor, x: torch.Tensor, indices: torch.Tensor):
+    """The Inception features of every rank's samples, in sample-index order, on every rank: each rank
+    extracts its own, then they are gathered (so the result is what one process gets, up to the network's
+    rounding at another batch size)."""
+    from scoresde.metrics.extractor import InceptionFeatures
+    feats = extractor.features(x) if x.shape[0] else None
+    order = distributed.gather_rows(indices.long(), run.dist).argsort()
+
+    def gathered(name: str) -> np.ndarray:
+        local = torch.zeros(0) if feats is None else torch.as_tensor(getattr(feats, name)).float()
+        return distributed.gather_rows(local, run.dist)[order].numpy()
+
+    return InceptionFeatures(pool=gathered("pool"), logits=gathered("logits") if extractor.has_logits else None)
+
+
+def eval_metrics(run: Run, x: torch.Tensor, indices: torch.Tensor) -> Dict[str, Any]:
     """FID / IS / KID of the samples against the training set's Inception statistics (cached in the
-    workdir, or ``eval.dataset_stats``). A metric that cannot be computed (no weights, no logits) is
-    ``None`` with its reason under ``unavailable``, unless ``eval.require_metrics``."""
+    workdir, or ``eval.dataset_stats``). Each rank extracts the features of its own samples ``x`` (sample
+    ``indices``); rank 0 gathers them and computes the metrics (other ranks return ``{}``). A metric that
+    cannot be computed (no weights, no logits) is ``None`` with its reason under ``unavailable``, unless
+    ``eval.require_metrics``."""
     from scoresde import metrics
     e, config = run.config, run.config
     wanted = list(e.eval.metrics)
     try:
         extractor = metrics.InceptionFeatureExtractor(weights=e.eval.inception_weights or None, device=run.device)
+        features = _gathered_features(run, extractor, x, indices)
+        if not run.dist.is_main:
+            return {}
         stats = e.eval.dataset_stats or metrics.dataset_stats_path(
             run.workdir, config.data.dataset, "train", config.data.image_size, extractor.resize)
         if not e.eval.dataset_stats:
@@ -880,7 +925,8 @@ def eval_metrics(run: Run, x: torch.Tensor) -> Dict[str, Any]:
             stats = metrics.load_or_compute_dataset_stats(
                 stats, train_images, {"dataset": config.data.dataset, "split": "train",
                                       "resolution": config.data.image_size}, extractor)
-        result = metrics.evaluate_samples(x, stats, extractor, seed=config.seed)
+        result = metrics.evaluate_features(features, stats, seed=config.seed,
+                                           logits_unavailable_reason=extractor.logits_unavailable_reason)
     except (FileNotFoundError, OSError, ValueError) as err:
         if e.eval.require_metrics:
             raise
@@ -900,13 +946,14 @@ def eval_metrics(run: Run, x: torch.Tensor) -> Dict[str, Any]:
 def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
     """For each numbered checkpoint in ``[eval.begin_ckpt, eval.end_ckpt]``: eval loss, bits/dim,
     samples (``.npz`` + PNG) and FID/IS/KID, as enabled; results in ``<workdir>/<eval_folder>/ckpt_<n>.json``.
-    Parts already in that file are skipped. Runs on rank 0 (other ranks return at once)."""
+    Parts already in that file are skipped. With ``eval.wait``, each checkpoint is taken as training writes
+    it, until ``eval.end_ckpt`` or ``eval.wait_timeout`` seconds without a new one (``scoresde.follow``).
+    Under torchrun every rank takes part: the test batches and the samples are shared out, the sums and
+    Inception features gathered; rank 0 decides what to do (which checkpoint, which parts) and writes."""
     run = setup(config, workdir)
-    if not run.dist.is_main:
-        return {}
     e = config.eval
     present = [n for n in run.checkpoints.numbers() if e.begin_ckpt <= n <= e.end_ckpt]
-    if not present:
+    if not present and not e.wait:
         found = run.checkpoints.numbers()
         raise FileNotFoundError(
             f"no checkpoint to evaluate: {run.checkpoints.numbered_dir} has "
@@ -916,26 +963,32 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
                "training.snapshot_freq steps"))
     folder = os.path.join(workdir, eval_folder or e.eval_folder)
     out, damaged = {}, []
-    for n in range(e.begin_ckpt, e.end_ckpt + 1):
+    numbers = (follow_numbered(run.checkpoints, e.begin_ckpt, e.end_ckpt, timeout=e.wait_timeout,
+                               poll_interval=e.poll_interval, info=run.dist)
+               if e.wait else range(e.begin_ckpt, e.end_ckpt + 1))
+    for n in numbers:
         path = run.checkpoints.numbered_path(n)
         if not os.path.isfile(path):
             log.warning("checkpoint %s does not exist; skipped", path)
             continue
-        results = EvalResults(os.path.join(folder, f"ckpt_{n}.json"))
+        results = EvalResults(os.path.join(folder, f"ckpt_{n}.json"), writer=run.dist.is_main)
         generative = not is_classifier(config)  # a classifier has a loss and an accuracy only
-        todo = [part for part, on in (("loss", e.enable_loss), ("bpd", e.enable_bpd and generative),
-                                      ("samples", e.enable_sampling and generative),
-                                      ("metrics", e.enable_sampling and bool(e.metrics) and generative))
-                if on and part not in results]
+        todo = distributed.broadcast_from_main(
+            [part for part, on in (("loss", e.enable_loss), ("bpd", e.enable_bpd and generative),
+                                   ("samples", e.enable_sampling and generative),
+                                   ("metrics", e.enable_sampling and bool(e.metrics) and generative))
+             if on and part not in results], run.dist)
         if not todo:
             log.info("checkpoint %d: already evaluated (%s)", n, results.path)
             out[n] = results.data
             continue
         try:
-            step = load_for_inference(run, path, use_ema=True)
+            step, failed = load_for_inference(run, path, use_ema=True), 0
         except checkpoint.DamagedCheckpoint as err:
             log.warning("skipping %s", err)
+            step, failed = None, 1
             damaged.append(f"{path} ({err.reason})")
+        if _sums_over_ranks(run, [failed])[0]:  # skipped by all ranks if damaged on any
             continue
         results.put("step", step)
         if "loss" in todo:
@@ -943,11 +996,12 @@ def evaluate(config, workdir: str, eval_folder: Optional[str] = None) -> Dict[in
         if "bpd" in todo:
             results.put("bpd", eval_bpd(run))
         if "samples" in todo or "metrics" in todo:
-            info, x = eval_samples(run, n, folder)
+            info, x, indices = eval_samples(run, n, folder)
             results.put("samples", info)
             if "metrics" in todo and x.dim() == 4:
-                results.put("metrics", eval_metrics(run, x))
-        log.info("checkpoint %d: %s", n, json.dumps(results.data))
+                results.put("metrics", eval_metrics(run, x, indices))
+        if run.dist.is_main:
+            log.info("checkpoint %d: %s", n, json.dumps(results.data))
         out[n] = results.data
     if damaged and not out:
         raise checkpoint.CheckpointError(f"no intact checkpoint to evaluate in eval.begin_ckpt..eval.end_ckpt = "

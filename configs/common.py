@@ -134,6 +134,10 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     evaluate.dataset_stats = ""            # precomputed training-set statistics .npz ("" = compute + cache)
     evaluate.save_samples = True           # write the samples as .npz and a PNG grid
     evaluate.shard_size = 1000             # samples per shard file, <eval_folder>/ckpt_<n>_samples/ (as sampling.shard_size)
+    evaluate.wait = False                  # True: follow a training run, evaluating each numbered checkpoint in
+    #                                        begin_ckpt..end_ckpt once, in order, as soon as it is complete
+    evaluate.wait_timeout = 3600.0         # wait: stop after this many seconds without a new checkpoint
+    evaluate.poll_interval = 10.0          # wait: seconds between looks at <workdir>/checkpoints
 
     if "seed" not in config:
         config.seed = 42

@@ -44,8 +44,8 @@ def get_default_configs():
     evaluate.begin_ckpt = 9
     evaluate.end_ckpt = 26
     evaluate.batch_size = 1024
-    evaluate.enable_sampling = False
-    evaluate.num_samples = 50000
+    evaluate.enable_sampling = True        # the paper's FID protocol: 50,000 samples a checkpoint, shared out
+    evaluate.num_samples = 50000           # over the ranks; the sampler and its NFE go into the results JSON
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = "test"

@@ -124,10 +124,29 @@ def atomic_save(obj: Any, path: str) -> None:
         torch.save(obj, writer["w"])
 
     tmp = _write_temporary(directory, name, write)
+    step = obj.get("step") if isinstance(obj, dict) else None
+    _commit(tmp, path, {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size,
+                        "step": int(step) if step is not None else None})
+
+
+def atomic_write_checked(path: str, write: Callable) -> None:
+    """``write(f)`` into ``path`` atomically, with a checksum file that :func:`verify` checks (as for
+    checkpoints; used for other caches that must never be read half-written or damaged)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    writer: Dict[str, _HashingWriter] = {}
+
+    def hashed(f):
+        writer["w"] = _HashingWriter(f)
+        write(writer["w"])
+
+    tmp = _write_temporary(directory, name, hashed)
+    _commit(tmp, path, {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size})
+
+
+def _commit(tmp: str, path: str, record: Dict[str, Any]) -> None:
+    """Write the checksum ``record`` of the finished temporary file ``tmp``, then rename it to ``path``."""
     try:
-        step = obj.get("step") if isinstance(obj, dict) else None
-        record = {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size,
-                  "step": int(step) if step is not None else None}
         old = read_sidecar(path) if os.path.isfile(path) else None
         if old is not None:  # until the rename below, the file there is still the previous one
             record["previous"] = {"sha256": old["sha256"], "size": old.get("size")}
@@ -136,7 +155,7 @@ def atomic_save(obj: Any, path: str) -> None:
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(directory)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _fsync_dir(directory: str) -> None:

@@ -7,7 +7,7 @@ files (:attr:`DistInfo.is_main`). Data sharding per rank is ``scoresde.datasets.
 """
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -81,4 +81,42 @@ def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world_size
 
 
-__all__ = ["DistInfo", "init", "cleanup", "barrier", "mean_over_ranks"]
+def sum_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum of a tensor over all ranks, as a new tensor on ``value``'s device (a copy in a world of one)."""
+    value = value.detach().clone()
+    if info.enabled:
+        reduced = value.to(info.device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        value = reduced.to(value.device)
+    return value
+
+
+def gather_rows(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's ``[n_r, ...]`` tensor (``n_r`` may differ between ranks, even be 0: a rank with no rows may
+    pass any empty tensor of the dtype), concatenated in rank order on every rank, on ``value``'s device. The
+    collective runs on ``info.device`` (NCCL needs CUDA)."""
+    if not info.enabled:
+        return value
+    shapes = [None] * info.world_size
+    dist.all_gather_object(shapes, tuple(value.shape))
+    sizes = [shape[0] for shape in shapes]
+    trailing = next((shape[1:] for shape in shapes if shape[0]), tuple(value.shape[1:]))
+    local = value.detach().to(info.device).reshape(value.shape[0], *trailing)  # an empty rank takes the others' shape
+    padded = local.new_zeros((max(sizes), *trailing))
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(value.device)
+
+
+def broadcast_from_main(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself in a world of one."""
+    if not info.enabled:
+        return value
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
+    return box[0]
+
+
+__all__ = ["DistInfo", "init", "cleanup", "barrier", "mean_over_ranks", "sum_over_ranks", "gather_rows",
+           "broadcast_from_main"]

@@ -27,6 +27,7 @@ try:
 except ImportError:  # optional: without it BLAS keeps its own thread count
     threadpool_limits = None
 
+from . import noise
 from .sampling.base import CountingScore
 from .sde_lib import SDE
 from .utils import batch_broadcast, check_data, check_generator
@@ -74,10 +75,10 @@ def exact_divergence(fn: ScoreFn, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]
 def hutchinson_noise(x: Tensor, kind: str, generator: Optional[torch.Generator] = None) -> Tensor:
     """A noise vector shaped like ``x`` with ``E[v v^T] = I``: Rademacher (+-1) or standard normal."""
     if kind == "rademacher":
-        v = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        v = noise.randint(0, 2, x.shape, generator, device=x.device, dtype=x.dtype)
         return v.mul_(2).sub_(1)
     if kind == "gaussian":
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return noise.randn(x.shape, generator, device=x.device, dtype=x.dtype)
     raise ValueError(f"hutchinson_type must be one of {HUTCHINSON_TYPES[:2]} for a noise vector, got {kind!r}")
 
 
@@ -225,8 +226,8 @@ def uniform_dequantize(x: Tensor, generator: Optional[torch.Generator] = None, *
     if x.numel() and (x.min() < 0 or x.max() > levels - 1):
         raise ValueError(f"x must lie in [0, {levels - 1}] for num_bits={num_bits}, "
                          f"got values in [{x.min().item()}, {x.max().item()}]")
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype)
-    return (x.to(dtype) + noise) / levels
+    u = noise.rand(x.shape, generator, device=x.device, dtype=dtype)
+    return (x.to(dtype) + u) / levels
 
 
 def bpd_offset(scale: Union[float, Callable[[Tensor], Tensor]] = 2.0, *, num_bits: int = 8) -> float:

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
+from . import noise
 from .sde_lib import SDE, VESDE, VPSDE, subVPSDE
 from .utils import batch_broadcast, randn_like
 
@@ -49,7 +50,7 @@ def _call_model(model: Callable, x: Tensor, labels: Tensor, class_labels: Option
 
 
 def _random_steps(N: int, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    return torch.randint(0, N, (x.shape[0],), generator=generator, device=x.device)
+    return noise.randint(0, N, (x.shape[0],), generator, device=x.device)
 
 
 def perturb(sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
@@ -59,7 +60,7 @@ def perturb(sde: SDE, x: Tensor, *, generator: Optional[torch.Generator] = None,
     _check_batch(x)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must satisfy 0 < eps < T = {sde.T}, got {eps!r}")
-    t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+    t = eps + (sde.T - eps) * noise.rand((x.shape[0],), generator, device=x.device, dtype=x.dtype)
     z = randn_like(x, generator)
     mean, std = sde.marginal_prob(x, t)
     std = batch_broadcast(std, x)
@@ -141,7 +142,7 @@ def drop_labels(class_labels: Tensor, p: float, null_label: int, *,
         raise ValueError(f"the label dropout probability must be in [0, 1), got {p!r}")
     if p == 0:
         return class_labels
-    drop = torch.rand(class_labels.shape, generator=generator, device=class_labels.device) < p
+    drop = noise.rand(class_labels.shape, generator, device=class_labels.device) < p
     return torch.where(drop, torch.full_like(class_labels, null_label), class_labels)
 
 

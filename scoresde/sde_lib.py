@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from . import noise
 from .utils import batch_broadcast, check_shape, check_time, flat_sum
 
 Tensor = torch.Tensor
@@ -176,7 +177,7 @@ class VPSDE(SDE):
         return torch.exp(log_alpha), torch.sqrt(-torch.expm1(2 * log_alpha))
 
     def prior_sampling(self, shape, *, generator=None, device=None, dtype=torch.float32):
-        return torch.randn(self._check_shape(shape), generator=generator, device=device, dtype=dtype)
+        return noise.randn(self._check_shape(shape), generator, device=device, dtype=dtype)
 
     def prior_logp(self, z):
         return _standard_normal_logp(z, 1.0)
@@ -253,7 +254,7 @@ class VESDE(SDE):
         return (-_f64(log_snr) - math.log(self.sigma_min)) / (math.log(self.sigma_max) - math.log(self.sigma_min))
 
     def prior_sampling(self, shape, *, generator=None, device=None, dtype=torch.float32):
-        z = torch.randn(self._check_shape(shape), generator=generator, device=device, dtype=dtype)
+        z = noise.randn(self._check_shape(shape), generator, device=device, dtype=dtype)
         return z * self.sigma_max
 
     def prior_logp(self, z):

@@ -4,6 +4,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import noise
+
 
 def batch_broadcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample tensor ``v`` of shape ``[B]`` to ``[B, 1, ..., 1]`` so it broadcasts
@@ -26,9 +28,7 @@ def flat_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
-def randn_like(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x`` (its device and dtype) drawn from ``generator``."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+randn_like = noise.randn_like  # kept here, where the library first defined it
 
 
 def check_shape(shape, name: str = "shape") -> Tuple[int, ...]:
@@ -54,11 +54,7 @@ def check_shape(shape, name: str = "shape") -> Tuple[int, ...]:
     return tuple(sizes)
 
 
-def check_generator(generator, name: str = "generator") -> None:
-    """``TypeError`` unless ``generator`` is ``None`` or a ``torch.Generator``."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name} must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
-                        f"got {type(generator).__name__} {generator!r}")
+check_generator = noise.check_randomness
 
 
 def check_data(x, name: str) -> None:

@@ -51,6 +51,12 @@ def test_paper_settings(name, expected):
     assert config.sampling.corrector == "langevin" and config.model.scale_by_sigma
 
 
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.endswith(("cifar10", "cifar10_deep"))])
+def test_cifar10_evaluation_draws_the_papers_50000_samples(name):
+    config = load(name)
+    assert config.eval.enable_sampling and config.eval.num_samples == 50000
+
+
 def test_checkpoint_freq_is_snapshot_freq():
     config = load("vp.cifar10")
     assert config.training.checkpoint_freq == config.training.snapshot_freq == 50000

@@ -70,10 +70,11 @@ def test_bad_dtype_or_device_is_refused_when_built(name, options, kind, message)
 @pytest.mark.parametrize("generator", [0, "seed", torch.tensor(1)])
 def test_a_generator_that_is_not_one_is_refused(generator):
     calls = Calls()
-    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None \(e.g. "
-                                        r"torch.Generator\(\).manual_seed\(0\)\), got "):
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator \(e.g. "
+                                        r"torch.Generator\(\).manual_seed\(0\)\), a scoresde.noise.RowNoise "
+                                        r"or None, got "):
         sampling.get_sampler("ddim", sde=SDE, shape=(4, 2), nfe=5)(calls, generator=generator)
-    with pytest.raises(TypeError, match="^generator must be a torch.Generator or None"):
+    with pytest.raises(TypeError, match="^generator must be a torch.Generator .*, a scoresde.noise.RowNoise or None"):
         get_likelihood_fn(SDE)(calls, torch.zeros(4, 2), generator=generator)
     assert calls.calls == 0
 

@@ -334,6 +334,21 @@ def test_accumulator_matches_numpy_over_batches():
     assert all(tuple(r) in rows for r in st.features)
 
 
+def test_a_damaged_stats_cache_is_set_aside_and_computed_again(tiny_extractor, tmp_path, caplog):
+    images = np.random.default_rng(9).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    meta = {"dataset": "toy", "split": "train", "resolution": 8}
+    path = tmp_path / "toy.npz"
+    st = load_or_compute_dataset_stats(path, images, meta, tiny_extractor, batch_size=2)
+    assert json.loads((tmp_path / "toy.npz.json").read_text())["size"] == path.stat().st_size
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF                   # one flipped byte: a valid-looking but wrong file
+    path.write_bytes(bytes(data))
+    again = load_or_compute_dataset_stats(path, images, meta, tiny_extractor, batch_size=2)
+    np.testing.assert_array_equal(again.mu, st.mu)
+    assert (tmp_path / "toy.npz.damaged").is_file() and "toy.npz are damaged" in caplog.text
+    assert path.read_bytes() != bytes(data)
+
+
 def test_stats_cache_round_trips_with_its_metadata(tiny_extractor, tmp_path):
     images = np.random.default_rng(9).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     meta = {"dataset": "toy", "split": "train", "resolution": (8, 8)}

@@ -224,6 +224,7 @@ class FakeExtractor:
     of the pixels; everything after it (statistics cache, FID, KID, JSON) is the real code."""
     resize = "tf"
     logits_unavailable_reason = "fake extractor: no logits"
+    has_logits = False
 
     def __init__(self, weights=None, device=None):
         self.projection = torch.randn(256, 16, generator=torch.Generator().manual_seed(0)).double()

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..utils import batch_broadcast, flat_sum
+from ..utils import batch_broadcast, flat_sum, randn_like
 
 Tensor = torch.Tensor
 
@@ -108,7 +108,7 @@ class Observation(abc.ABC):
                generator: Optional[torch.Generator] = None) -> Tensor:
         """A draw of ``A x_t`` for ``x_t = alpha x_0 + sigma z`` given ``A x_0 = y``: ``alpha y + sigma A z``
         (``alpha``, ``sigma``: ``[B]``; ``z`` drawn like ``x_like`` from ``generator``)."""
-        z = torch.randn(x_like.shape, generator=generator, device=x_like.device, dtype=x_like.dtype)
+        z = randn_like(x_like, generator)
         y = self.y.to(x_like.dtype)
         return batch_broadcast(alpha, y) * y + batch_broadcast(sigma, y) * self.forward(z)
 

@@ -1,13 +1,17 @@
 """Feature statistics (mean, covariance, a subset of features for KID) and their ``.npz`` cache.
 
+The cache is written atomically with a SHA-256 checksum file (``<file>.json``, as checkpoints have): a damaged
+cache is set aside and computed again, never read.
+
 File format (``save_statistics``): ``mu [D]``, ``sigma [D, D]`` (float64), ``num_images`` (int),
 ``meta`` (a JSON string: dataset, split, resolution, preprocessing, ...) and optionally ``features
 [M, D]`` (float32, a uniform random subset of at most ``max_features`` rows, used for KID).
 ``load_statistics`` also reads pytorch-fid's and other tools' files holding only ``mu`` and ``sigma``.
 """
+import io
 import json
+import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Union
@@ -15,7 +19,10 @@ from typing import Any, Dict, Iterable, Optional, Union
 import numpy as np
 import torch
 
+from ..checkpoint import DamagedCheckpoint, atomic_write_checked, verify
 from .extractor import InceptionFeatureExtractor
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FEATURES = 10000
 
@@ -90,14 +97,9 @@ def save_statistics(path, stats: FeatureStatistics) -> Path:
                   meta=np.array(json.dumps(stats.meta, sort_keys=True)))
     if stats.features is not None:
         arrays["features"] = np.asarray(stats.features, np.float32)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_checked(str(path), lambda f: f.write(buffer.getvalue()))
     return path
 
 
@@ -158,6 +160,13 @@ def load_or_compute_dataset_stats(cache_path, images: Union[np.ndarray, torch.Te
     cache_path = Path(cache_path)
     # compare in the form the file stores (JSON): a tuple comes back as a list
     meta = json.loads(json.dumps(dict(meta, resize=extractor.resize)))
+    if cache_path.is_file():
+        try:
+            verify(str(cache_path))
+        except DamagedCheckpoint as err:
+            log.warning("cached statistics %s are damaged (%s): set aside as %s.damaged and computed again",
+                        cache_path, err.reason, cache_path.name)
+            os.replace(cache_path, str(cache_path) + ".damaged")
     if cache_path.is_file():
         stats = load_statistics(cache_path)
         wrong = {k: (stats.meta.get(k), v) for k, v in meta.items() if stats.meta.get(k) != v}

@@ -1,7 +1,7 @@
 """The sampler contract shared by every sampling family.
 
 A sampler is built once with its options (checked here, before any work) and called as
-``sampler(score_fn, *, generator=None, x_init=None, progress=False, observation=None) -> (x, nfe)``.
+``sampler(score_fn, *, generator=None, seeds=None, x_init=None, progress=False, observation=None) -> (x, nfe)``.
 Subclasses declare their options with defaults in ``options`` and implement ``_sample``.
 
 ``observation`` (a :class:`scoresde.guidance.Observation`) asks for samples that agree with a measurement
@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ..noise import RowNoise
 from ..registry import Registry
 from ..sde_lib import SDE
 from ..utils import batch_broadcast, check_data, check_generator, check_placement, randn_like
@@ -103,6 +104,20 @@ class Sampler(abc.ABC):
             raise ValueError(f"x_init must have the sampler's shape {self.shape}, got {tuple(x_init.shape)}")
         return x_init
 
+    def row_noise(self, seeds: Sequence[int], generator) -> RowNoise:
+        """The per-row streams of ``seeds`` on the sampler's device (``ValueError`` naming ``seeds`` unless it
+        holds one seed per row, or if a ``generator`` is given too)."""
+        if generator is not None:
+            raise ValueError("give either generator= (one stream for the batch) or seeds= (one per row), not both")
+        if isinstance(seeds, RowNoise):
+            noise = seeds
+        else:
+            noise = RowNoise(seeds, device=self.device)
+        if len(noise) != self.shape[0]:
+            raise ValueError(f"seeds must hold one seed per row: {self.shape[0]} for shape {self.shape}, "
+                             f"got {len(noise)}")
+        return noise
+
     def check_observation(self, observation) -> None:
         """``ValueError`` unless this sampler can honour ``observation`` for samples of its shape."""
         from ..guidance import Observation  # guidance imports the samplers' utilities, not the reverse
@@ -117,11 +132,17 @@ class Sampler(abc.ABC):
         return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
 
     def __call__(self, score_fn: ScoreFn, *, generator: Optional[torch.Generator] = None,
-                 x_init: Optional[Tensor] = None, progress: bool = False,
+                 seeds: Optional[Sequence[int]] = None, x_init: Optional[Tensor] = None, progress: bool = False,
                  observation=None) -> Tuple[Tensor, int]:
-        """Draw ``shape[0]`` samples; with ``observation``, samples that agree with it (see the module)."""
+        """Draw ``shape[0]`` samples; with ``observation``, samples that agree with it (see the module).
+
+        Randomness comes from ``generator`` (one stream for the batch) or from ``seeds``, one int per row: row
+        ``i``'s prior draw and every noise increment then come from its own stream (:class:`scoresde.noise.RowNoise`),
+        so a row's sample does not depend on the batch size or on the other rows."""
         counted = CountingScore(score_fn)
         check_generator(generator)
+        if seeds is not None:
+            generator = self.row_noise(seeds, generator)
         if observation is not None:
             self.check_observation(observation)
         x = self.init_state(x_init, generator)

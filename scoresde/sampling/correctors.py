@@ -2,8 +2,10 @@
 
 A corrector is built as ``Corrector(sde, snr, n_steps)`` and stepped with
 ``update(score_fn, x, t, generator) -> (x, x_mean)``, running ``n_steps`` Langevin iterations at time ``t`` (``[B]``).
-The Langevin step uses the batch means of ``||z||`` and ``||s||`` as the paper's code does: a per-sample ratio is
-heavy-tailed in low dimension (a sample near a stationary point of ``log p_t`` would get an unbounded step).
+The Langevin step uses the batch means of ``||z||`` and ``||s||`` as the paper's code does (``norm="batch"``): a
+per-sample ratio is heavy-tailed in low dimension (a sample near a stationary point of ``log p_t`` would get an
+unbounded step). It makes each sample depend on the rest of its batch, so per-row sampling (``seeds=``) uses
+``norm="sample"``, the per-sample norms, which concentrate in the high dimension of images.
 """
 import abc
 from typing import Optional, Tuple
@@ -34,24 +36,33 @@ def list_correctors():
     return CORRECTORS.list()
 
 
-def _mean_norm(v: Tensor) -> Tensor:
-    """Batch mean of the per-sample Euclidean norms (a scalar tensor)."""
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).mean()
+#: how the Langevin step's norms are taken: over the batch (the paper's code) or per sample
+NORMS = ("batch", "sample")
+
+
+def _norms(v: Tensor, norm: str) -> Tensor:
+    """The per-sample Euclidean norms ``[B]``, or their batch mean (a scalar) for ``norm="batch"``."""
+    per_sample = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+    return per_sample.mean() if norm == "batch" else per_sample
 
 
 class Corrector(abc.ABC):
-    """Base class: ``snr`` is the signal-to-noise ratio ``r`` (sets the step), ``n_steps`` the iterations ``M``."""
+    """Base class: ``snr`` is the signal-to-noise ratio ``r`` (sets the step), ``n_steps`` the iterations ``M``,
+    ``norm`` (``"batch"`` or ``"sample"``) how a step size that depends on norms takes them."""
 
-    def __init__(self, sde: SDE, snr: float, n_steps: int):
+    def __init__(self, sde: SDE, snr: float, n_steps: int, norm: str = "batch"):
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be an scoresde.sde_lib.SDE, got {type(sde).__name__}")
         if not (isinstance(snr, (int, float)) and snr > 0):
             raise ValueError(f"snr must be a positive number, got {snr!r}")
         if not (isinstance(n_steps, int) and n_steps >= 1):
             raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.sde = sde
         self.snr = float(snr)
         self.n_steps = n_steps
+        self.norm = norm
 
     @abc.abstractmethod
     def update(self, score_fn: ScoreFn, x: Tensor, t: Tensor,
@@ -91,8 +102,8 @@ class LangevinFamily(Corrector):
 class NoneCorrector(Corrector):
     """No corrector step."""
 
-    def __init__(self, sde: SDE, snr: float = 0.16, n_steps: int = 1):
-        super().__init__(sde, snr, n_steps)
+    def __init__(self, sde: SDE, snr: float = 0.16, n_steps: int = 1, norm: str = "batch"):
+        super().__init__(sde, snr, n_steps, norm)
 
     def update(self, score_fn, x, t, generator=None):
         return x, x
@@ -101,10 +112,10 @@ class NoneCorrector(Corrector):
 @register_corrector("langevin")
 class LangevinCorrector(LangevinFamily):
     """Langevin MCMC with a step set by the signal-to-noise ratio (Alg. 4 for VE, Alg. 5 for VP):
-    ``eps = 2 alpha_i (r ||z|| / ||s(x, t)||)^2`` (norms averaged over the batch)."""
+    ``eps = 2 alpha_i (r ||z|| / ||s(x, t)||)^2`` (norms averaged over the batch, or per sample: ``norm``)."""
 
     def step_size(self, score, noise, x, t, alpha):
-        ratio = _mean_norm(noise) / _mean_norm(score).clamp_min(torch.finfo(score.dtype).tiny)
+        ratio = _norms(noise, self.norm) / _norms(score, self.norm).clamp_min(torch.finfo(score.dtype).tiny)
         return 2.0 * alpha * (self.snr * ratio) ** 2
 
 
@@ -118,5 +129,5 @@ class AnnealedLangevinCorrector(LangevinFamily):
         return 2.0 * alpha * (self.snr * sigma) ** 2
 
 
-__all__ = ["Corrector", "LangevinFamily", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
+__all__ = ["NORMS", "Corrector", "LangevinFamily", "LangevinCorrector", "AnnealedLangevinCorrector", "NoneCorrector",
            "register_corrector", "get_corrector", "list_correctors"]

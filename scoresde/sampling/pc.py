@@ -10,13 +10,15 @@ Time grids (``t`` runs from ``T`` down, one predictor step and ``n_steps`` corre
 ``denoise`` returns the noise-free mean of the last step. With ``observation=`` both samplers replace the
 observed part by a forward-noised copy of ``y`` after every predictor and corrector step (App. I).
 """
-from typing import Optional, Tuple
+import copy
+from typing import Tuple
 
 import torch
 
+from ..noise import RowNoise
 from ..progress import progress_bar
 from .base import ScoreFn, Sampler, register_sampler
-from .correctors import NoneCorrector, get_corrector, list_correctors
+from .correctors import NORMS, NoneCorrector, get_corrector, list_correctors
 from .predictors import NonePredictor, get_predictor, list_predictors
 
 Tensor = torch.Tensor
@@ -46,11 +48,14 @@ class PCSampler(Sampler):
     Options: ``predictor`` (``euler_maruyama``, ``reverse_diffusion``, ``ancestral_sampling``, ``none``),
     ``corrector`` (``langevin``, ``ald``, ``none``), ``snr`` (the corrector's signal-to-noise ratio), ``n_steps``
     (corrector steps per time), ``probability_flow`` (predict along the probability-flow ODE), ``N`` (number of
-    time points; default ``sde.N``; discrete predictors need ``N == sde.N``), ``denoise``.
+    time points; default ``sde.N``; discrete predictors need ``N == sde.N``), ``denoise``, ``corrector_norm``:
+    how the ``langevin`` step takes the norms of noise and score, ``"batch"`` (their batch means, the paper's
+    code), ``"sample"`` (per sample) or ``"auto"`` (default: per sample with ``seeds=``, so that a sample does not
+    depend on its batch; the batch means otherwise).
     """
 
     options = {**Sampler.options, "predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16,
-               "n_steps": 1, "probability_flow": False, "N": None}
+               "n_steps": 1, "probability_flow": False, "N": None, "corrector_norm": "auto"}
 
     def check_options(self) -> None:
         if self.N is None:
@@ -62,12 +67,24 @@ class PCSampler(Sampler):
         for option, names in (("predictor", list_predictors()), ("corrector", list_correctors())):
             if getattr(self, option) not in names:
                 raise ValueError(f"unknown {option} {getattr(self, option)!r}; available: {', '.join(names)}")
+        if self.corrector_norm not in ("auto", *NORMS):
+            raise ValueError(f"corrector_norm must be one of {('auto', *NORMS)}, got {self.corrector_norm!r}")
         self.predictor_step = get_predictor(self.predictor)(self.sde, self.probability_flow)
-        self.corrector_step = get_corrector(self.corrector)(self.sde, self.snr, self.n_steps)
+        self.corrector_step = get_corrector(self.corrector)(self.sde, self.snr, self.n_steps,
+                                                            "batch" if self.corrector_norm == "auto" else
+                                                            self.corrector_norm)
         needs_levels = self.predictor_step.discrete and not isinstance(self.predictor_step, NonePredictor)
         if needs_levels and self.N != self.sde.N:
             raise ValueError(f"predictor {self.predictor!r} steps through the SDE's own N={self.sde.N} levels, "
                              f"so N must equal sde.N; got N={self.N} (build the SDE with N={self.N} instead)")
+
+    def corrector_for(self, generator):
+        """The corrector step, taking its norms per sample when ``corrector_norm="auto"`` meets per-row noise."""
+        if self.corrector_norm == "auto" and isinstance(generator, RowNoise):
+            corrector = copy.copy(self.corrector_step)
+            corrector.norm = "sample"
+            return corrector
+        return self.corrector_step
 
     def time_grid(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(times, next_times)``, each ``[N, B]`` on ``x``'s device and dtype: row ``k`` is step ``k``."""
@@ -84,7 +101,7 @@ class PCSampler(Sampler):
         if self.predictor_step.discrete:
             score_fn = _ScoreAtLeast(score_fn, self.eps)
         predict = None if isinstance(self.predictor_step, NonePredictor) else self.predictor_step.update
-        correct = None if isinstance(self.corrector_step, NoneCorrector) else self.corrector_step.update
+        correct = None if isinstance(self.corrector_step, NoneCorrector) else self.corrector_for(generator).update
         x_mean = x
         for k in _progress(range(self.N), progress, type(self).__name__):
             t = times[k]
@@ -108,6 +125,7 @@ class AncestralSampler(PCSampler):
     def check_options(self) -> None:
         self.predictor, self.corrector, self.probability_flow = "ancestral_sampling", "none", False
         self.snr, self.n_steps, self.N = PCSampler.options["snr"], 1, self.sde.N
+        self.corrector_norm = "auto"
         super().check_options()
 
 

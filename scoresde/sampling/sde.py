@@ -7,17 +7,20 @@ torchsde integrates forward in time only, so we substitute ``s = T - t``: ``y(s)
 with ``B`` a standard Brownian motion in ``s`` (the reverse-time Brownian motion of eq. 6). The state is the
 batch flattened to ``[B, D]`` with diagonal noise. The noise ``g`` depends on time only (additive noise), so the
 Ito and Stratonovich forms coincide and every torchsde method applies. The Brownian motion is a
-``torchsde.BrownianInterval`` seeded from ``generator``, so the same generator state gives the same samples.
+``torchsde.BrownianInterval`` seeded from ``generator``, so the same generator state gives the same samples; with
+``seeds=`` every row has its own interval (:class:`RowBrownian`).
 ``denoise`` finishes with Tweedie's formula at ``eps``.
 """
 import math
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torchsde
+from torchsde import BaseBrownian
 
 from ..sde_lib import SDE
+from ..noise import RowNoise
 from ..utils import batch_broadcast
 from .base import ScoreFn, Sampler, register_sampler, tweedie_denoise
 from .ode import check_tolerances
@@ -68,6 +71,39 @@ class _TimeReversedSDE(torch.nn.Module):
         return g[:, None].expand(y.shape)
 
 
+class RowBrownian(BaseBrownian):
+    """One Brownian motion per row (``seeds=``): the rows of independent ``[1, D]`` Brownian intervals, stacked,
+    so that row ``i``'s path depends on its own seed only. Costs one interval query per row per step."""
+
+    def __init__(self, rows: Sequence[torchsde.BrownianInterval]):
+        self.rows = list(rows)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        parts = [row(ta, tb, return_U=return_U, return_A=return_A) for row in self.rows]
+        if torch.is_tensor(parts[0]):
+            return torch.cat(parts)
+        return tuple(torch.cat(pieces) for pieces in zip(*parts))
+
+    def __repr__(self):
+        return f"RowBrownian({len(self.rows)} rows)"
+
+    @property
+    def dtype(self):
+        return self.rows[0].dtype
+
+    @property
+    def device(self):
+        return self.rows[0].device
+
+    @property
+    def shape(self):
+        return torch.Size((len(self.rows), *self.rows[0].shape[1:]))
+
+    @property
+    def levy_area_approximation(self):
+        return self.rows[0].levy_area_approximation
+
+
 @register_sampler("sde")
 class SDESampler(Sampler):
     """Reverse-time SDE sampler through ``torchsde.sdeint``. Options: ``method`` (euler, milstein, srk, midpoint,
@@ -109,11 +145,17 @@ class SDESampler(Sampler):
         The dyadic (``halfway_tree``) form makes the path a function of the seed alone, not of where the solver
         queries it, so runs with different ``dt`` see the same path (this is what the strong-order tests use). The
         space-time Levy area (needed by ``srk``) is drawn for every method so that all methods share one path."""
-        seed = int(torch.randint(2 ** 62, (), generator=generator, device=generator.device if generator else "cpu"))
         span = self.sde.T - self.eps
-        return torchsde.BrownianInterval(t0=0.0, t1=span, size=y.shape, dtype=y.dtype, device=y.device,
-                                         entropy=seed, levy_area_approximation="space-time",
-                                         halfway_tree=True, tol=1e-6 * span)
+
+        def interval(size, seed):
+            return torchsde.BrownianInterval(t0=0.0, t1=span, size=size, dtype=y.dtype, device=y.device,
+                                             entropy=seed, levy_area_approximation="space-time",
+                                             halfway_tree=True, tol=1e-6 * span)
+
+        if isinstance(generator, RowNoise):
+            return RowBrownian([interval((1, y.shape[1]), seed) for seed in generator.entropy()])
+        seed = int(torch.randint(2 ** 62, (), generator=generator, device=generator.device if generator else "cpu"))
+        return interval(y.shape, seed)
 
     def _sample(self, score_fn, x, *, generator, progress, replace):
         y0 = x.reshape(x.shape[0], -1)
@@ -134,4 +176,4 @@ class SDESampler(Sampler):
         return x
 
 
-__all__ = ["SDESampler", "TORCHSDE_METHODS"]
+__all__ = ["SDESampler", "RowBrownian", "TORCHSDE_METHODS"]

@@ -34,8 +34,9 @@ from typing import List, Optional
 
 import torch
 
+from .. import noise
 from ..progress import progress_bar
-from ..utils import batch_broadcast, flat_sum
+from ..utils import flat_sum, randn_like
 from .base import Sampler, register_sampler
 from .fast import DataPrediction, Point
 from .schedules import check_schedule, get_timesteps
@@ -89,11 +90,11 @@ class TwistedSMCSampler(Sampler):
                              "replacement with 'pc'/'ancestral'/a fast solver")
         observation.check_samples(self.shape)
 
-    def __call__(self, score_fn, *, generator=None, x_init=None, progress=False, observation=None):
+    def __call__(self, score_fn, *, generator=None, seeds=None, x_init=None, progress=False, observation=None):
         if observation is None:
             raise ValueError("sampler 'smc' samples a posterior p(x | y): call it with observation=... "
                              "(a scoresde.guidance.Observation with noise_std > 0)")
-        return super().__call__(score_fn, generator=generator, x_init=x_init, progress=progress,
+        return super().__call__(score_fn, generator=generator, seeds=seeds, x_init=x_init, progress=progress,
                                 observation=observation)
 
     def init_state(self, x_init, generator):
@@ -135,13 +136,11 @@ class TwistedSMCSampler(Sampler):
         w = self._normalised(log_w)
         ess = 1.0 / (w ** 2).sum(dim=1)
         low = ess < self.resample_threshold * K
+        # drawn whether or not a row needs it, so that a row's stream does not depend on the other rows
+        u = _uniforms(generator, B, w.device)
         if not bool(low.any()):
             return None
-        u = (torch.rand(B, 1, generator=generator, dtype=torch.float64, device=generator.device if generator
-                        else "cpu").to(w.device) + torch.arange(K, dtype=torch.float64, device=w.device)) / K
-        cdf = torch.cumsum(w, dim=1)
-        cdf[:, -1] = 1.0
-        picked = torch.searchsorted(cdf, u).clamp(max=K - 1)
+        picked = _inverse_cdf(w, (u + torch.arange(K, dtype=torch.float64, device=w.device)) / K)
         keep = torch.where(low[:, None], picked, torch.arange(K, device=w.device).expand(B, K))
         log_w[low] = 0.0
         return (keep + K * torch.arange(B, device=w.device)[:, None]).reshape(-1)
@@ -165,7 +164,7 @@ class TwistedSMCSampler(Sampler):
             c = t.sigma * math.sqrt(-math.expm1(-2.0 * h))
             b = t.alpha * s.sigma ** 2 / s.alpha - s.alpha * t.sigma ** 2 / t.alpha   # d mean / d score
             mean_p = (t.alpha / s.alpha) * x + b * score                              # the chain's step
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = randn_like(x, generator)
             x = mean_p + b * grad + c * z                                             # proposal: twisted score
             # log p(x | x_s) - log q(x | x_s) = (|x - mu_q|^2 - |x - mu_p|^2) / (2 c^2), x - mu_q = c z
             log_ratio = -(2.0 * c * b * flat_sum((z * grad).double()) + b ** 2 * flat_sum(grad.double() ** 2)) \
@@ -180,11 +179,24 @@ class TwistedSMCSampler(Sampler):
                     "the twist's gradient overflowed; check score_fn for NaN/inf, or use a larger noise_std, "
                     "more steps N, or twist='pigdm'")
         w = self._normalised(log_w)
-        pick = torch.multinomial(w.float().cpu(), 1, generator=generator if generator is not None and
-                                 generator.device.type == "cpu" else None).to(w.device).reshape(B)
+        pick = _inverse_cdf(w, _uniforms(generator, B, w.device)).reshape(B)       # one particle per row
         flat = pick + K * torch.arange(B, device=w.device)
         out = x0 if self.denoise else x
         return out[flat]
+
+
+def _uniforms(generator, rows: int, device) -> Tensor:
+    """``[rows, 1]`` float64 uniforms, one per output row (from that row's stream with a ``RowNoise``)."""
+    gen_device = getattr(generator, "device", None) or "cpu"
+    return noise.rand((rows, 1), generator, dtype=torch.float64, device=gen_device).to(device)
+
+
+def _inverse_cdf(w: Tensor, u: Tensor) -> Tensor:
+    """Per row of the weights ``w`` ``[B, K]``, the particle index in ``[0, K)`` of each uniform in ``u``
+    ``[B, m]``: ``P(index = k) = w[b, k]``."""
+    cdf = torch.cumsum(w, dim=1)
+    cdf[:, -1] = 1.0
+    return torch.searchsorted(cdf, u).clamp(max=w.shape[1] - 1)
 
 
 __all__ = ["TwistedSMCSampler", "TWISTS"]

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
 from scoresde import (checkpoint, config_file, datasets, distributed, divergence, guidance, image_tasks,
-                      likelihood, losses, sde_lib)
+                      likelihood, losses, noise, sde_lib, shards)
 from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
                              to_uint8_nhwc)
 from scoresde.datasets.loader import step_seed
@@ -42,8 +42,9 @@ log = logging.getLogger("scoresde")
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OBJECTIVES = ("score", "classifier")  # training.objective: a score network, or a noise-conditional classifier
 METRICS = ("fid", "is", "kid")
-# streams of derived seeds, so that no two uses of one (seed, rank, step) share random numbers
-_GLOBAL, _LOSS, _SAMPLES, _EVAL_LOSS, _BPD, _OBSERVATION = 1, 2, 3, 4, 5, 6
+# streams of derived seeds, so that no two uses of one (seed, rank, step) share random numbers (3 was the
+# per-batch sampling stream: samples now have per-sample seeds, scoresde.noise.sample_seeds)
+_GLOBAL, _LOSS, _EVAL_LOSS, _BPD, _OBSERVATION = 1, 2, 4, 5, 6
 GUIDANCE = ("none", "cfg", "classifier")          # sampling.guidance
 TASK_METHODS = ("replace", "dps", "pigdm")        # sampling.task_method
 
@@ -73,7 +74,8 @@ def check_config(config) -> None:
         raise _fail("training.mixed_precision", config.training.mixed_precision, f"must be one of {list(MIXED_PRECISION)}")
     for path in ("training.batch_size", "training.n_iters", "training.snapshot_freq", "training.log_freq",
                  "training.eval_freq", "training.snapshot_freq_for_preemption", "eval.batch_size",
-                 "eval.bpd_num_repeats", "sampling.num_samples", "sampling.batch_size"):
+                 "eval.bpd_num_repeats", "sampling.num_samples", "sampling.batch_size", "eval.shard_size",
+                 "sampling.shard_size"):
         value = config
         for part in path.split("."):
             value = value[part]
@@ -506,23 +508,38 @@ def save_points_png(points: np.ndarray, path: str, size: int = 256, extent: floa
     Image.fromarray(canvas).save(path)
 
 
-def save_samples(x: torch.Tensor, stem: str, labels: Optional[torch.Tensor] = None) -> str:
-    """Write samples (in data range ``[0, 1]``, or 2-D points) as ``<stem>.npz`` and ``<stem>.png``; with
-    ``labels`` (one per sample) the npz holds them too and the image grid has one row per label."""
+def sample_array(x: torch.Tensor) -> np.ndarray:
+    """Samples as they are stored: images in ``[0, 1]`` -> ``uint8 [B, H, W, C]``; other data (2-D points) ->
+    float ``[B, D]``."""
+    return to_uint8_nhwc(x) if x.dim() == 4 else x.reshape(x.shape[0], -1).cpu().numpy()
+
+
+def sample_tensor(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """The inverse of :func:`sample_array`: float images in ``[0, 1]`` ``[B, C, H, W]``, or ``[B, *shape]``."""
+    if array.ndim == 4:
+        return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(array).reshape(array.shape[0], *shape)
+
+
+def save_sample_array(samples: np.ndarray, stem: str, labels: Optional[np.ndarray] = None) -> str:
+    """Write stored samples (:func:`sample_array`) as ``<stem>.npz`` and ``<stem>.png``; with ``labels`` (one
+    per sample) the npz holds them too and the image grid has one row per label."""
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    extra = {} if labels is None else {"labels": labels.cpu().numpy()}
-    if x.dim() == 4:
-        images = to_uint8_nhwc(x)
-        np.savez_compressed(stem + ".npz", samples=images, **extra)
-        if labels is None:
-            save_image_grid(images[:256], stem + ".png", padding=1, scale=legible_scale(images))
-        else:
-            save_label_grid(images[:256], extra["labels"][:256], stem + ".png", padding=1, scale=legible_scale(images))
+    extra = {} if labels is None else {"labels": np.asarray(labels)}
+    np.savez_compressed(stem + ".npz", samples=samples, **extra)
+    if samples.ndim != 4:
+        save_points_png(samples, stem + ".png")
+    elif labels is None:
+        save_image_grid(samples[:256], stem + ".png", padding=1, scale=legible_scale(samples))
     else:
-        points = x.reshape(x.shape[0], -1).cpu().numpy()
-        np.savez_compressed(stem + ".npz", samples=points, **extra)
-        save_points_png(points, stem + ".png")
+        save_label_grid(samples[:256], extra["labels"][:256], stem + ".png", padding=1, scale=legible_scale(samples))
     return stem + ".png"
+
+
+def save_samples(x: torch.Tensor, stem: str, labels: Optional[torch.Tensor] = None) -> str:
+    """Write samples (in data range ``[0, 1]``, or 2-D points) as ``<stem>.npz`` and ``<stem>.png``
+    (:func:`save_sample_array`)."""
+    return save_sample_array(sample_array(x), stem, labels=None if labels is None else labels.cpu().numpy())
 
 
 def cyclic_labels(values: Sequence[int], num: int) -> torch.Tensor:
@@ -530,33 +547,100 @@ def cyclic_labels(values: Sequence[int], num: int) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long).repeat(math.ceil(num / len(values)))[:num]
 
 
-def default_labels(run: Run, num: int) -> Optional[torch.Tensor]:
-    """Rows ``0, 1, ..., K-1, 0, ...`` for a class-conditional network of ``K`` classes, else ``None``."""
+def labels_of(cycle: Optional[Sequence[int]], indices: torch.Tensor) -> Optional[torch.Tensor]:
+    """The class label of sample ``i`` is ``cycle[i % len(cycle)]``: a function of the sample index, never of
+    the batch it is drawn in (``None`` when there is no cycle)."""
+    return None if cycle is None else torch.tensor(list(cycle), dtype=torch.long)[indices % len(cycle)]
+
+
+def default_label_cycle(run: Run) -> Optional[List[int]]:
+    """Labels ``0, 1, ..., K-1`` for a class-conditional network of ``K`` classes, else ``None``."""
     k = run.config.model.get("num_classes")
-    return cyclic_labels(range(k), num) if k else None
+    return list(range(k)) if k else None
 
 
-def draw_samples(run: Run, num: int, batch_size: int, seed_keys: Tuple[int, ...], progress: bool = False,
-                 labels: Optional[torch.Tensor] = None, condition: Optional[Callable] = None) -> Tuple[torch.Tensor, int]:
-    """``num`` samples (data range, on CPU) from the run's network as it is now, with the configured
-    sampler, ``batch_size`` at a time; returns them and the total number of score evaluations.
-    ``labels``: one per row of every batch (``ceil(num / batch_size) * batch_size``), given to a
-    class-conditional network; ``condition(i, batch_labels) -> (score_fn, observation or None)`` sets
-    batch ``i`` up in place of the network's own score (guidance, image tasks)."""
-    sampler = sampler_from_config(run.config, run.sde, batch_size, run.device)
-    out, nfe = [], 0
-    for i in range(math.ceil(num / batch_size)):
-        rows = None if labels is None else labels[i * batch_size:(i + 1) * batch_size].to(run.device)
+def draw_samples(run: Run, indices: Sequence[int], batch_size: int, step: int, *,
+                 label_cycle: Optional[Sequence[int]] = None, condition: Optional[Callable] = None,
+                 progress: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
+    """The samples of the given sample ``indices`` (data range, on CPU) from the run's network as it is now,
+    with the configured sampler, ``batch_size`` at a time. Sample ``i`` draws its noise from its own stream,
+    ``scoresde.noise.sample_seeds(config.seed, step, [i])``, and gets the label ``label_cycle[i % K]``
+    (:func:`labels_of`), so it does not depend on the batch it is drawn in (up to the network's rounding).
+    ``condition(batch_indices, batch_labels) -> (score_fn, observation or None)`` sets a batch up in place of
+    the network's own score (guidance, image tasks). Returns the samples, their labels (or ``None``) and the
+    number of score evaluations."""
+    indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    samplers, out, nfe = {}, [], 0
+    for start in range(0, indices.shape[0], batch_size):
+        batch = indices[start:start + batch_size]
+        if batch.shape[0] not in samplers:  # a shorter last batch gets a sampler of its own size
+            samplers[batch.shape[0]] = sampler_from_config(run.config, run.sde, batch.shape[0], run.device)
+        rows = labels_of(label_cycle, batch)
+        rows = None if rows is None else rows.to(run.device)
         if condition is None:
             score_fn, observation = run.score_fn(train=False, class_labels=rows), None
         else:
-            score_fn, observation = condition(i, rows)
+            score_fn, observation = condition(batch, rows)
         with _autocast(run):
-            x, n = sampler(score_fn, generator=_generator(run.device, *seed_keys, i), progress=progress,
-                           **({} if observation is None else {"observation": observation}))
+            x, n = samplers[batch.shape[0]](score_fn, seeds=noise.sample_seeds(run.config.seed, step, batch.tolist()),
+                                            progress=progress,
+                                            **({} if observation is None else {"observation": observation}))
         out.append(run.inverse_scaler(x.float()).cpu())
         nfe += n
-    return torch.cat(out)[:num], nfe
+    return torch.cat(out), labels_of(label_cycle, indices), nfe
+
+
+def draw_identity(run: Run, step: int, label_cycle: Optional[Sequence[int]], **extra) -> Dict[str, Any]:
+    """What a sharded draw's samples depend on, for its manifest (``scoresde.shards``): the seed, the
+    checkpoint's step, the sampler and its options, the sample shape, the label cycle, the autocast dtype,
+    and ``extra``. The batch size is not part of it: with per-sample noise it changes the samples only by
+    the network's rounding."""
+    c = run.config
+    options = c.sampling.options.get(c.sampling.sampler)
+    return {"seed": c.seed, "step": step, "sampler": c.sampling.sampler,
+            "options": {k: v for k, v in (options.to_dict() if options is not None else {}).items() if v is not None},
+            "shape": list(sample_shape(c)), "labels": None if label_cycle is None else list(label_cycle),
+            "mixed_precision": c.training.mixed_precision, **extra}
+
+
+def open_shards(run: Run, folder: str, total: int, shard_size: int, identity: Dict[str, Any],
+                folder_field: str) -> shards.ShardStore:
+    """The shard set of one draw in ``folder``, opened by rank 0 first (it refuses another draw's folder and
+    removes what killed writes left), then by the other ranks. ``folder_field``: the config field that names
+    the folder, for the message."""
+    def open_store() -> shards.ShardStore:
+        try:
+            return shards.ShardStore(folder, total=total, shard_size=shard_size, identity=identity)
+        except shards.ShardError as e:
+            raise shards.ShardError(f"{e} (--config.{folder_field} sets the folder)") from None
+    store = None
+    if run.dist.is_main:
+        store = open_store()
+        store.prepare()
+    distributed.barrier(run.dist)
+    return store if store is not None else open_store()
+
+
+def draw_shards(run: Run, store: shards.ShardStore, batch_size: int, step: int, *,
+                label_cycle: Optional[Sequence[int]] = None, condition: Optional[Callable] = None,
+                progress: bool = False) -> int:
+    """Draw this rank's missing shards of ``store`` (rank ``r`` of ``W``: shards ``r, r + W, ...``), each
+    atomically, with :func:`draw_samples`; then wait for every rank. Returns the score evaluations spent
+    here (each shard records its own: ``store.nfe()`` is the draw's total however often it was resumed)."""
+    todo = store.missing(run.dist.rank, run.dist.world_size)
+    done = len(store.owned(run.dist.rank, run.dist.world_size)) - len(todo)
+    if done:
+        log.info("rank %d: %d shard(s) of %s already drawn; resuming", run.dist.rank, done, store.folder)
+    spent = 0
+    for shard in todo:
+        x, labels, nfe = draw_samples(run, shard.indices(), batch_size, step, label_cycle=label_cycle,
+                                      condition=condition, progress=progress and run.dist.is_main)
+        store.write(shard, sample_array(x), labels=None if labels is None else labels.numpy(), nfe=nfe)
+        log.info("rank %d: samples %d..%d drawn (%d score evaluations): %s", run.dist.rank, shard.start,
+                 shard.end - 1, nfe, store.path(shard))
+        spent += nfe
+    distributed.barrier(run.dist)
+    return spent
 
 
 # ----------------------------------------------------------------------------- training
@@ -721,9 +805,8 @@ def snapshot_samples(run: Run) -> Optional[str]:
     if not (run.dist.is_main and config.training.snapshot_sampling) or is_classifier(config):
         return None
     num = config.training.snapshot_num_samples
-    labels = default_labels(run, num)
     with losses.ema_weights(run.ema, run.model):
-        x, _ = draw_samples(run, num, num, (config.seed, run.step, _SAMPLES), labels=labels)
+        x, labels, _ = draw_samples(run, range(num), num, run.step, label_cycle=default_label_cycle(run))
     return save_samples(x, os.path.join(run.workdir, "samples", f"iter_{run.step}"), labels=labels)
 
 
@@ -920,18 +1003,29 @@ def eval_bpd(run: Run) -> Dict[str, Any]:
 
 
 def eval_samples(run: Run, n: int, folder: str) -> Tuple[Dict[str, Any], torch.Tensor, torch.Tensor]:
-    """The samples of checkpoint ``n``: ``(info, x, indices)`` with this rank's samples and their indices."""
+    """``eval.num_samples`` samples of checkpoint ``n`` (the network as loaded, at step ``run.step``), drawn in
+    shards of ``eval.shard_size`` under ``<folder>/ckpt_<n>_samples/`` split over the ranks, and resumed at the
+    first missing shard (``scoresde.shards``); rank 0 then writes ``ckpt_<n>_samples.npz`` and ``.png`` when
+    ``eval.save_samples``. Returns ``(info, x, indices)``: this rank's samples (its shards, float in the data
+    range ``[0, 1]`` as stored: 8-bit images) and their int64 sample indices."""
     e = run.config.eval
-    labels = default_labels(run, math.ceil(e.num_samples / e.batch_size) * e.batch_size)
-    x, nfe = draw_samples(run, e.num_samples, e.batch_size, (run.config.seed, n, _SAMPLES), labels=labels)
+    cycle = default_label_cycle(run)
     stem = os.path.join(folder, f"ckpt_{n}_samples")
-    if e.save_samples and run.dist.is_main:
-        save_samples(x, stem, labels=None if labels is None else labels[:e.num_samples])
-    info = {"num_samples": int(x.shape[0]), "nfe": nfe, "sampler": run.config.sampling.sampler,
-            "path": stem + ".npz" if e.save_samples else None}
-    if not run.dist.is_main:  # every rank drew them all; rank 0's count once
-        x = x[:0]
-    return info, x, torch.arange(x.shape[0])
+    store = open_shards(run, stem, e.num_samples, e.shard_size,
+                        draw_identity(run, run.step, cycle, checkpoint=n, use_ema=True), "eval.eval_folder")
+    draw_shards(run, store, e.batch_size, run.step, label_cycle=cycle)
+    mine = store.load(store.owned(run.dist.rank, run.dist.world_size))
+    if run.dist.is_main:
+        if e.save_samples:
+            everything = store.load_all()
+            save_sample_array(everything["samples"], stem, labels=everything.get("labels"))
+        store.finish()
+    shape = sample_shape(run.config)
+    x = sample_tensor(mine["samples"], shape) if "samples" in mine else torch.empty(0, *shape)  # a rank with no shard
+    indices = torch.from_numpy(mine["indices"]) if "indices" in mine else torch.empty(0, dtype=torch.long)
+    return {"num_samples": e.num_samples, "nfe": store.nfe(), "sampler": run.config.sampling.sampler,
+            "sampler_options": store.identity["options"], "path": stem + ".npz" if e.save_samples else None,
+            "shards": store.folder}, x, indices
 
 
 def _gathered_features(run: Run, extractor, x: torch.Tensor, indices: torch.Tensor):
@@ -1116,17 +1210,18 @@ def load_classifier(config, sde: sde_lib.SDE, device: torch.device) -> Tuple[Cal
     return get_classifier_fn(clf_sde, model, continuous=clf.training.continuous), model.num_classes
 
 
-def row_labels(run: Run, num_rows: int, classifier_classes: int = 0) -> Optional[torch.Tensor]:
-    """The class label of each sampled row (see ``sampling.labels``): the null label for unconditional rows
-    of a class-conditional network; ``None`` when the network is unconditional and nothing steers."""
+def sampling_label_cycle(run: Run, classifier_classes: int = 0) -> Optional[List[int]]:
+    """The class labels sampled rows run through (sample ``i`` gets ``cycle[i % len(cycle)]``, see
+    ``sampling.labels``): the null label for unconditional rows of a class-conditional network; ``None`` when
+    the network is unconditional and nothing steers."""
     s, k = run.config.sampling, run.config.model.get("num_classes") or 0
     values = sampling_labels(run.config)
     if values == [-1] or (values is None and s.task != "none" and s.guidance == "none"):
-        return torch.full((num_rows,), null_label(k), dtype=torch.long) if k else None
+        return [null_label(k)] if k else None
     if values is None:
         target = classifier_classes if s.guidance == "classifier" else k
-        return cyclic_labels(range(target), num_rows) if target else None
-    return cyclic_labels(values, num_rows)
+        return list(range(target)) if target else None
+    return values
 
 
 def guided_score_fn(run: Run, labels: Optional[torch.Tensor], classifier_fn: Optional[Callable] = None):
@@ -1173,11 +1268,13 @@ def task_observations(run: Run, images: torch.Tensor) -> List[guidance.Observati
 
 
 def task_condition(run: Run, observations: List[guidance.Observation], classifier_fn: Optional[Callable]):
-    """``condition(i, labels)`` for :func:`draw_samples`: batch ``i`` is sampled given ``observations[i]``,
-    by replacement in the sampler or by a DPS / Pi-GDM score transform (``sampling.task_method``)."""
+    """``condition(batch, labels)`` for :func:`draw_samples`: the batch of sample indices ``batch`` (a whole
+    batch of ``sampling.batch_size``) is sampled given ``observations[batch[0] // batch_size]``, by
+    replacement in the sampler or by a DPS / Pi-GDM score transform (``sampling.task_method``)."""
     s = run.config.sampling
 
-    def condition(i: int, labels: Optional[torch.Tensor]):
+    def condition(batch: torch.Tensor, labels: Optional[torch.Tensor]):
+        i = int(batch[0]) // s.batch_size
         score_fn = guided_score_fn(run, labels, classifier_fn)
         if s.task_method == "replace":
             return score_fn, observations[i]
@@ -1191,6 +1288,12 @@ def sample(config, workdir: str) -> str:
     ``sampling.original_checkpoint`` (a file released with the paper's code), with the configured sampler,
     as ``<workdir>/<sampling.folder>/<name>.npz`` and ``.png``; returns the stem.
 
+    The draw is cut into shards of ``sampling.shard_size`` samples, ``<stem>_shards/samples_<a>-<b>.npz``
+    (``scoresde.shards``), split over the ranks of ``torchrun`` and resumed at the first missing shard when
+    the same command runs again; rank 0 then assembles the ``.npz`` and ``.png``. Sample ``i`` depends only
+    on ``(seed, step, i)``, so the result does not depend on the number of processes or on where a draw was
+    interrupted. An image task (``sampling.task``) is drawn by rank 0 alone, without shards.
+
     With class labels and ``sampling.guidance`` the rows are drawn for their labels (the grid has one row per
     label); with ``sampling.task`` each row is drawn given an observation of a test image, and the grid shows
     rows of observation | samples | original. Every field is checked before the network is loaded."""
@@ -1203,14 +1306,14 @@ def sample(config, workdir: str) -> str:
     num_rows = math.ceil(s.num_samples / s.batch_size) * s.batch_size
     classifier_fn, classifier_classes = (load_classifier(config, run.sde, run.device) if s.guidance == "classifier"
                                          else (None, 0))
-    labels = row_labels(run, num_rows, classifier_classes)
+    cycle = sampling_label_cycle(run, classifier_classes)
     condition = None
     if s.task != "none":
         images, image_labels = task_images(run, num_rows)
         observations = task_observations(run, images)
         condition = task_condition(run, observations, classifier_fn)
     elif s.guidance != "none":
-        condition = lambda i, rows: (guided_score_fn(run, rows, classifier_fn), None)  # noqa: E731
+        condition = lambda batch, rows: (guided_score_fn(run, rows, classifier_fn), None)  # noqa: E731
     if s.original_checkpoint:  # a checkpoint released with the paper's PyTorch code
         path = s.original_checkpoint
         model, info = load_original_checkpoint(path, config, use_ema=s.use_ema, map_location=run.device)
@@ -1231,8 +1334,6 @@ def sample(config, workdir: str) -> str:
                 raise FileNotFoundError(f"no checkpoint {path} to sample from (sampling.ckpt = {s.ckpt}); "
                                         f"numbered checkpoints present: {run.checkpoints.numbers() or 'none'}")
             step = load_for_inference(run, path, use_ema=s.use_ema)
-    x, nfe = draw_samples(run, s.num_samples, s.batch_size, (config.seed, step, _SAMPLES), progress=True,
-                          labels=labels, condition=condition)
     name = f"step_{step}_{s.sampler}"
     if s.guidance != "none":
         name += f"_{s.guidance}{s.guidance_scale:g}"
@@ -1240,14 +1341,28 @@ def sample(config, workdir: str) -> str:
         name += f"_{s.task}" + (f"_{s.mask}" if s.task == "inpaint" else "") + (f"_{s.task_method}"
                                                                                 if s.task_method != "replace" else "")
     stem = os.path.join(workdir, s.folder, f"{name}_seed{config.seed}")
-    if run.dist.is_main:
-        labels = None if labels is None else labels[:s.num_samples]
-        if s.task == "none":
-            save_samples(x, stem, labels=labels)
-        else:
+    if s.task != "none":  # one process draws every row (observations come per batch): no shards
+        if run.dist.is_main:
+            x, labels, nfe = draw_samples(run, range(num_rows), s.batch_size, step, label_cycle=cycle,
+                                          condition=condition, progress=True)
             shown = torch.cat([run.inverse_scaler(image_tasks.observation_image(o)).float().cpu() for o in observations])
-            save_task_samples(x, shown[:s.num_samples], images[:s.num_samples], image_labels[:s.num_samples], stem,
-                              class_labels=labels)
-        log.info("%d samples from %s (step %d) with %s, %d score evaluations: %s.npz / .png",
-                 x.shape[0], path, step, s.sampler, nfe, stem)
+            save_task_samples(x[:s.num_samples], shown[:s.num_samples], images[:s.num_samples],
+                              image_labels[:s.num_samples], stem,
+                              class_labels=None if labels is None else labels[:s.num_samples])
+            log.info("%d samples from %s (step %d) with %s, %d score evaluations: %s.npz / .png",
+                     s.num_samples, path, step, s.sampler, nfe, stem)
+        return stem
+    identity = draw_identity(run, step, cycle, use_ema=s.use_ema, guidance=s.guidance,
+                             guidance_scale=s.guidance_scale if s.guidance != "none" else None,
+                             classifier_workdir=s.classifier_workdir if s.guidance == "classifier" else None,
+                             original_checkpoint=s.original_checkpoint or None)
+    store = open_shards(run, stem + "_shards", s.num_samples, s.shard_size, identity, "sampling.folder")
+    draw_shards(run, store, s.batch_size, step, label_cycle=cycle, condition=condition, progress=True)
+    if run.dist.is_main:
+        everything = store.load_all()
+        save_sample_array(everything["samples"], stem, labels=everything.get("labels"))
+        manifest = store.finish()
+        log.info("%d samples from %s (step %d) with %s, %d score evaluations, %d process(es): %s.npz / .png "
+                 "(shards in %s)", s.num_samples, path, step, s.sampler, manifest["nfe"], run.dist.world_size, stem,
+                 store.folder)
     return stem

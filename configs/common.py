@@ -110,6 +110,10 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     sampling.use_ema = True
     sampling.original_checkpoint = ""  # or the path of a checkpoint released with the paper's PyTorch code
     sampling.folder = "samples"
+    # samples per shard file of a draw (scoresde.shards): <folder>/<stem>_shards/samples_<start>-<end>.npz, split
+    # over the ranks of torchrun and resumed at the first missing shard; a multiple of batch_size keeps every
+    # batch full
+    sampling.shard_size = 1000
     # conditional sampling (--mode sample): class labels, guidance, and image tasks on test-split images
     sampling.labels = ""              # a label, "0,3,7" (used cyclically), "-1" (unconditional: the null label of
     #                                   a class-conditional network), "" (rows 0..K-1 cyclically for a class-
@@ -140,6 +144,7 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     evaluate.inception_weights = ""        # path of the Inception weights ("" = default lookup)
     evaluate.dataset_stats = ""            # precomputed training-set statistics .npz ("" = compute + cache)
     evaluate.save_samples = True           # write the samples as .npz and a PNG grid
+    evaluate.shard_size = 1000             # samples per shard file, <eval_folder>/ckpt_<n>_samples/ (as sampling.shard_size)
     evaluate.wait = False                  # True: follow a training run, evaluating each numbered checkpoint in
     #                                        begin_ckpt..end_ckpt once, in order, as soon as it is complete
     evaluate.wait_timeout = 3600.0         # wait: stop after this many seconds without a new checkpoint

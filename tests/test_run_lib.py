@@ -143,6 +143,10 @@ def test_evaluate_writes_results_and_skips_what_is_done(trained, monkeypatch):
     assert len(bpd["per_repeat"]) == 2 and bpd["num_images"] == 4 and bpd["offset"] == 7.0
     assert 0 < bpd["bpd"] < 20
     assert saved["samples"]["num_samples"] == 4 and saved["samples"]["nfe"] > 0
+    # the results name the sampler and the options it ran with, beside the NFE it spent
+    config = tiny_config()
+    assert saved["samples"]["sampler"] == config.sampling.sampler
+    assert saved["samples"]["sampler_options"]["N"] == config.sampling.options[config.sampling.sampler].N == 3
     assert os.path.isfile(os.path.join(workdir, "eval", "ckpt_2_samples.npz"))
     assert os.path.isfile(os.path.join(workdir, "eval", "ckpt_2_samples.png"))
 
@@ -276,6 +280,7 @@ def test_sample_from_a_checkpoint_of_the_papers_code(trained, tmp_path):
     from_paper = run_lib.sample(config, str(tmp_path / "paper"))
     config.sampling.original_checkpoint = ""
     config.sampling.ckpt = 2
+    config.sampling.folder = "ours"  # the shard folder of another test's draw (pc with N=2) refuses this one
     from_ours = run_lib.sample(config, workdir)
     import numpy as np
     assert np.array_equal(np.load(from_paper + ".npz")["samples"], np.load(from_ours + ".npz")["samples"])

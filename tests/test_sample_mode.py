@@ -73,7 +73,10 @@ def test_labels_and_the_null_label(conditional):
     stem = run_lib.sample(sampling(COND, labels="3,7"), conditional)
     assert np.load(stem + ".npz")["labels"].tolist() == [3, 7, 3, 7, 3, 7]
     assert png(stem).shape[0] == (2 * 17 + 1) * 4  # rows for 3 and 7
-    stem = run_lib.sample(sampling(COND, labels="-1"), conditional)  # unconditional: the null label
+    with pytest.raises(ValueError, match=r"holds samples of another draw \(labels: \[3, 7\] there, \[10\] now\); use "
+                                         r"another folder or delete it to draw afresh \(--config\.sampling\.folder"):
+        run_lib.sample(sampling(COND, labels="-1"), conditional)  # the same shard folder, other labels
+    stem = run_lib.sample(sampling(COND, labels="-1", folder="null"), conditional)  # unconditional: the null label
     assert np.load(stem + ".npz")["labels"].tolist() == [10] * 6
 
 
@@ -125,7 +128,8 @@ def narrow_gaussian_scores(monkeypatch):
     from scoresde.utils import batch_broadcast
 
     def narrow_gaussian(run, observations, classifier_fn):
-        def condition(i, labels):
+        def condition(batch, labels):
+            i = int(batch[0]) // run.config.sampling.batch_size
             mean = observations[i].pinv(observations[i].y)
 
             def score_fn(x, t):

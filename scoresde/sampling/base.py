@@ -222,5 +222,6 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor
     return (x + batch_broadcast(sigma ** 2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
 
 
-__all__ = ["Sampler", "CountingScore", "Replacement", "StepCallback", "register_sampler", "get_sampler", "list_samplers", "randn_like",
+__all__ = ["Sampler", "CountingScore", "Replacement", "StepCallback", "register_sampler", "get_sampler",
+           "list_samplers", "randn_like",
            "tweedie_denoise"]

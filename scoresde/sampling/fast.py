@@ -26,9 +26,10 @@ Options common to all: ``nfe`` (the budget of score calls, the final denoising c
 ``schedule`` (a name of :mod:`.schedules`, default ``logsnr``, or a list of times from ``T`` to ``eps``;
 with a list the budget follows from its length), ``rho`` (of the ``edm`` schedule, default 7),
 ``denoise`` (finish with ``x0(x_eps, eps)``, which is also the EDM's last Euler step to sigma = 0; it
-costs one call), ``dtype``/``device`` of the prior draw. A ``callback`` sees each step of the grid (not the
-final denoising call) with ``denoised`` the newest data prediction the step made. The solvers choose their steps so that the
+costs one call), ``dtype``/``device`` of the prior draw. The solvers choose their steps so that the
 calls made equal ``nfe`` exactly: one call per step, Heun two (an odd budget makes its last step Euler's).
+A ``callback`` sees each step of the grid (not the final denoising call), ``denoised`` the newest data prediction
+the step made.
 DDIM with ``eta = 0`` and ``euler`` are the same method (Karras et al. 2022, Sec. 3), kept under both names.
 With ``observation=`` every solver replaces the observed part after each step (replacement data consistency,
 :class:`~scoresde.sampling.base.Replacement`).

@@ -19,7 +19,7 @@ name                     method (own options)                                   
                          1-4 (4), ``lower_order_final``
 ``ipndm``                improved PNDM (Zhang & Chen 2023): Adams-Bashforth with the       ``order``
                          fixed-step coefficients; ``order`` 1-4 (4), ``lower_order_final``
-``deis``                 tAB-DEIS (Zhang & Chen 2023, eq. 15): the noise prediction        ``order``
+``deis``                 tAB-DEIS (Zhang & Chen 2023): the noise prediction                ``order``
                          extrapolated in ``t``; ``order`` 1-3 (3), ``lower_order_final``
 ``dpmpp_2s_ancestral``   DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1) to ``sigma_down``,     2
                          then noise; ``eta`` (1, at most 1), ``s_noise``, ``noise``
@@ -28,7 +28,7 @@ name                     method (own options)                                   
 ``dpmpp_3m_sde``         SDE-DPM-Solver++(3M); ``eta`` (1), ``s_noise``, ``noise``,        3
                          ``lower_order_final``
 ``dpm_solver``           single-step DPM-Solver (Lu et al. 2022a, Alg. 1-2) with its fast  1
-                         order plan (Sec. 3.4); ``order`` 1-3 (3)
+                         order plan ("DPM-Solver-fast"); ``order`` 1-3 (3)
 =======================  ===============================================================  ====================
 
 ``noise`` (the stochastic ones): ``"gaussian"`` (default) draws each step's noise from the generator (or the rows'
@@ -199,7 +199,8 @@ class DPM2Sampler(_TwoStage, FastSampler):
     """DPM-Solver-2 (Lu et al. 2022a, Alg. 1 with ``r1 = 1/2``; k-diffusion's ``sample_dpm_2``), in the scaled
     variable, where ``alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps`` reads ``x_hat + (sigma_hat_t - sigma_hat_s) eps``:
 
-    ``u = x_hat + (sigma_hat_m - sigma_hat_s) eps(x_hat, s)``, ``x_hat' = x_hat + (sigma_hat_t - sigma_hat_s) eps(u, m)``,
+    ``u = x_hat + (sigma_hat_m - sigma_hat_s) eps(x_hat, s)``,
+    ``x_hat' = x_hat + (sigma_hat_t - sigma_hat_s) eps(u, m)``,
 
     ``lambda_m = (lambda_s + lambda_t) / 2`` (``sigma_hat_m = sqrt(sigma_hat_s sigma_hat_t)``), ``eps = (x_hat - x0) /
     sigma_hat``. Two calls a step; second order."""
@@ -393,7 +394,8 @@ class _SigmaMultistep(_Multistep):
 @register_sampler("lms")
 class LMSSampler(_SigmaMultistep):
     """Linear multistep (k-diffusion's ``sample_lms``): variable-step Adams-Bashforth of order ``k`` in
-    ``sigma_hat``, ``c_j = int_{sigma_i}^{sigma_{i+1}} prod_{m != j} (s - sigma_{i-m}) / (sigma_{i-j} - sigma_{i-m}) ds``
+    ``sigma_hat``,
+    ``c_j = int_{sigma_i}^{sigma_{i+1}} prod_{m != j} (s - sigma_{i-m}) / (sigma_{i-j} - sigma_{i-m}) ds``
     (the integral of the Lagrange basis through the last ``k`` noise levels; exact, by polynomial integration)."""
 
     def coefficients(self, data, points, i, k):
@@ -437,9 +439,9 @@ _GAUSS = np.polynomial.legendre.leggauss(24)
 
 @register_sampler("deis")
 class DEISSampler(_SigmaMultistep):
-    """tAB-DEIS (Zhang & Chen 2023, eq. 15 with the polynomial in ``t``): the exponential integrator in the scaled
-    variable with the noise prediction ``eps = d`` extrapolated by the Lagrange polynomial through the last ``k``
-    times ``t_{i-j}``:
+    """tAB-DEIS (Zhang & Chen 2023, "Fast sampling of diffusion models with exponential integrator", the variant
+    with the polynomial in ``t``): the exponential integrator in the scaled variable with the noise prediction
+    ``eps = d`` extrapolated by the Lagrange polynomial through the last ``k`` times ``t_{i-j}``:
 
     ``x_hat' = x_hat + sum_j C_j eps_{i-j}``, ``C_j = int_{t_i}^{t_{i+1}} (d sigma_hat / d t) l_j(t) dt
     = -int_{lambda_i}^{lambda_{i+1}} e^{-lambda} l_j(t(lambda)) d lambda``,
@@ -470,7 +472,7 @@ class DEISSampler(_SigmaMultistep):
 
 # ------------------------------------------------------------------------------------------------ single-step
 def dpm_solver_orders(budget: int, order: int) -> List[int]:
-    """The order of each step of DPM-Solver-fast (Lu et al. 2022a, Sec. 3.4) for ``budget`` score calls."""
+    """The order of each step of DPM-Solver-fast (Lu et al. 2022a) for ``budget`` score calls."""
     if order == 3:
         k = budget // 3 + 1
         return [3] * (k - 2) + [2, 1] if budget % 3 == 0 else [3] * (k - 1) + [budget % 3]
@@ -482,15 +484,15 @@ class DPMSolverSampler(FastSampler):
     """Single-step DPM-Solver (Lu et al. 2022a) on the noise prediction ``eps = (x - alpha x0) / sigma``, with
     ``h = lambda_t - lambda_s`` and intermediate points ``s_j`` at ``lambda_s + r_j h``:
 
-    - DPM-Solver-1 (eq. 3.7): ``x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps_s``;
+    - DPM-Solver-1 (= DDIM): ``x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps_s``;
     - DPM-Solver-2 (Alg. 1, ``r_1 = 1/2``): ``u = alpha_1/alpha_s x_s - sigma_1 (e^{r_1 h} - 1) eps_s``,
       ``x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps_s - sigma_t/(2 r_1) (e^h - 1) (eps(u, s_1) - eps_s)``;
     - DPM-Solver-3 (Alg. 2, ``r_1 = 1/3``, ``r_2 = 2/3``): ``u_1`` as above, ``D_1 = eps(u_1, s_1) - eps_s``,
       ``u_2 = alpha_2/alpha_s x_s - sigma_2 (e^{r_2 h} - 1) eps_s - sigma_2 r_2/r_1 ((e^{r_2 h} - 1)/(r_2 h) - 1) D_1``,
       ``x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps_s - sigma_t/r_2 ((e^h - 1)/h - 1) (eps(u_2, s_2) - eps_s)``.
 
-    The budget is spent by the fast plan of Sec. 3.4 (:func:`dpm_solver_orders`) on a grid of ``K`` steps
-    (uniform in log-SNR by default, as in the paper). ``order`` 1-3 (3)."""
+    The budget is spent by the paper's "DPM-Solver-fast" plan (:func:`dpm_solver_orders`) on a grid of ``K``
+    steps (uniform in log-SNR by default, as in the paper). ``order`` 1-3 (3)."""
 
     options = {**FastSampler.options, "order": 3}
 

@@ -7,10 +7,11 @@ Time grids (``t`` runs from ``T`` down, one predictor step and ``n_steps`` corre
   levels ``i = N-1, ..., 0`` at ``t_i = i T / (N - 1)``, where ``sde.step_index(t_i) == i`` exactly, so each step
   uses the coefficients of its own level. The score is never asked below ``eps``: level 0 (``t = 0``) is scored
   at ``eps``.
-``denoise`` returns the noise-free mean of the last step. A ``callback`` sees each of the ``N`` time points after
-its predictor (and corrector) step, with ``t`` the time the predictor moved to (a corrector-only run: the point's
-own time; the discrete chains' last step, level 0, reports ``t = 0`` as the step before it) and ``denoised`` None. With ``observation=`` both samplers replace the
+``denoise`` returns the noise-free mean of the last step. With ``observation=`` both samplers replace the
 observed part by a forward-noised copy of ``y`` after every predictor and corrector step (App. I).
+A ``callback`` sees each of the ``N`` time points after its predictor (and corrector) step, with ``t`` the time
+the predictor moved to (a corrector-only run: the point's own time; the discrete chains' last step, level 0,
+reports ``t = 0`` as the step before it) and ``denoised`` None.
 """
 import copy
 from typing import Tuple

@@ -170,7 +170,7 @@ class SDESampler(Sampler):
                              "another method (e.g. 'heun')")
 
     @staticmethod
-    def _step_by_step(reverse, y0, ts, kwargs, replace):
+    def _step_by_step(reverse, y0, ts, kwargs, replace, eps: float):
         """The fixed-step ``sdeint`` loop with one call per step, carrying the solver's state from call to call,
         so that ``replace.report`` sees every step: the same times (``min(s + dt, end)``, as torchsde computes
         them), Brownian increments and score calls as one call over ``ts``, hence the same samples."""
@@ -181,7 +181,7 @@ class SDESampler(Sampler):
             ys, extra = torchsde.sdeint(reverse, y, torch.stack([s, nxt]), extra=True, extra_solver_state=extra,
                                         **kwargs)
             y, s = ys[-1], nxt
-            replace.report(step, reverse.T - float(s), y.view(reverse.shape))
+            replace.report(step, eps if bool(s >= end) else reverse.T - float(s), y.view(reverse.shape))
             step += 1
         return y
 
@@ -201,7 +201,7 @@ class SDESampler(Sampler):
             if replace.callback is None:
                 y = torchsde.sdeint(reverse, y0, ts, **kwargs)[-1]
             else:
-                y = self._step_by_step(reverse, y0, ts, kwargs, replace)
+                y = self._step_by_step(reverse, y0, ts, kwargs, replace, self.eps)
         x = y.view(x.shape)
         if self.denoise:
             eps = torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)

@@ -137,3 +137,15 @@ def test_bad_callbacks_are_refused():
         draw("sde", callback=Recorder(), adaptive=True)
     with pytest.raises(ValueError, match="callback= does not work with method='reversible_heun'"):
         draw("sde", callback=Recorder(), method="reversible_heun")
+
+
+@pytest.mark.parametrize("name,options", [("sde", {"dt": 0.1}), ("dpmpp_sde", {"noise": "brownian", "nfe": 9}),
+                                          ("dpmpp_3m_sde", {"nfe": 9}), ("pc", {})])
+def test_a_callback_changes_nothing_with_per_row_seeds(name, options):
+    sde = sde_lib.VPSDE(N=30)
+    sampler = get_sampler(name, sde=sde, shape=SHAPE, **options)
+    seeds = list(range(10, 10 + SHAPE[0]))
+    x, _ = sampler(MIXTURE.score_fn(sde), seeds=seeds)
+    record = Recorder()
+    y, _ = sampler(MIXTURE.score_fn(sde), seeds=seeds, callback=record)
+    assert torch.equal(x, y) and len(record.calls) > 0

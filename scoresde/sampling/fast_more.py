@@ -41,8 +41,9 @@ step (Euler's, ancestral for the ancestral ones) when the budget is odd. ``dpm_s
 ``K = nfe // 3 + 1`` steps (order 3) of orders ``3, ..., 3, 2, 1`` / ``3, ..., 3, 1`` / ``3, ..., 3, 2`` for
 ``nfe % 3 = 0 / 1 / 2``; with a list of times it takes ``3 n - 1`` calls (order 3), ``2 n`` (order 2).
 """
+import abc
 import math
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -164,9 +165,9 @@ class _Ancestral(_Stochastic):
     """Ancestral steps: a deterministic step (:meth:`descend`) from ``sigma_hat_s`` down to ``sigma_down``, then
     ``+ s_noise sigma_up z`` (:func:`_ancestral_step`)."""
 
+    @abc.abstractmethod
     def descend(self, data, x_hat: Tensor, x0: Tensor, s: Point, sig_down: float, i: int) -> Tuple[Tensor, Tensor]:
         """Step ``i`` from ``s`` to noise level ``sig_down``: the new ``x_hat`` and the newest data prediction."""
-        raise NotImplementedError
 
     def solve(self, data, x, points, *, generator, progress, replace):
         noise = self.noise_source(x, points, generator)
@@ -373,9 +374,9 @@ class _SigmaMultistep(_Multistep):
         _check_order(self, self.orders)
         super().check_options()
 
+    @abc.abstractmethod
     def coefficients(self, data, points: List[Point], i: int, k: int) -> List[float]:
         """``c_j``, ``j = 0..k-1``, for step ``i`` from ``points[i]`` with ``k`` slopes (newest first)."""
-        raise NotImplementedError
 
     def solve(self, data, x, points, *, generator, progress, replace):
         x_hat = x / points[0].alpha

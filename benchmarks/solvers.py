@@ -11,7 +11,9 @@ Three problems, every deterministic solver x schedule, NFE in {5, 10, 20, 50} (`
     (DOP853, rtol = atol = 1e-9) of the same probability-flow ODE.
 
 The error is ``||x - x_ref|| / ||x_ref||`` over the whole batch (float64, ``denoise=False``), starting every
-solver from the same prior draw. Run: ``python benchmarks/solvers.py`` (``--quick`` for a smaller run).
+solver from the same prior draw. The stochastic solvers are measured on (c) by the moments of what they draw:
+the error of the mode weights and of the covariance. Run: ``python benchmarks/solvers.py`` (``--quick`` for a
+smaller run).
 """
 import argparse
 import sys
@@ -29,7 +31,13 @@ from scoresde.sampling import get_sampler  # noqa: E402
 import scoresde.sampling.fast  # noqa: E402,F401  (registers the solvers)
 
 SOLVERS = [("euler", {}), ("ddim", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
-           ("unipc", {"order": 2}), ("unipc", {"order": 3})]
+           ("unipc", {"order": 2}), ("unipc", {"order": 3}),
+           ("dpm_2", {}), ("lms", {}), ("ipndm", {}), ("deis", {}), ("dpm_solver", {})]
+#: stochastic solvers, measured by the moments of the samples they draw on the mixture (c)
+STOCHASTIC = [("ddim", {"eta": 1.0}), ("dpmpp_2m_sde", {}), ("euler_ancestral", {}), ("dpm_2_ancestral", {}),
+              ("dpmpp_2s_ancestral", {}), ("dpmpp_sde", {}), ("dpmpp_3m_sde", {}),
+              ("dpmpp_sde", {"noise": "brownian"})]
+STOCHASTIC_ROWS = 20000
 SCHEDULES = ["uniform", "logsnr", "edm", "quadratic"]
 BATCH = 256
 
@@ -66,9 +74,7 @@ def problems():
     out["(b) VP diagonal"] = (vp, vp.default_eps, diag.score_fn(vp), x,
                               lambda eps, x=x: diag.flow_map(vp, x, vp.T, eps))
 
-    mix = analytic.GaussianMixture([0.4, 0.3, 0.2, 0.1],
-                                   torch.tensor([[-1.0, -1.0], [1.0, -0.5], [0.0, 1.0], [1.2, 1.2]]),
-                                   torch.tensor([0.1, 0.15, 0.2, 0.1]))
+    mix = benchmark_mixture()
     x = vp.prior_sampling((BATCH, 2), generator=gen, dtype=torch.float64)
     cache = {}
 
@@ -116,6 +122,51 @@ def main(argv=None):
     print(markdown_table(headers, rows))
 
     print_goals(errors, list(probs), nfes)
+    print_stochastic(nfes)
+
+
+def mixture_moments(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor):
+    """The error of the mode weights (max |w - w_exact|, rows given to the nearest mode centre) and of the
+    covariance (``||C - C_exact||_F / ||C_exact||_F``) of the samples ``x``."""
+    x = x.double()
+    nearest = torch.cdist(x, means).argmin(dim=1)
+    w = torch.bincount(nearest, minlength=len(weights)).double() / x.shape[0]
+    return float((w - weights).abs().max()), float(torch.linalg.matrix_norm(torch.cov(x.T) - exact_covariance())
+                                                   / torch.linalg.matrix_norm(exact_covariance()))
+
+
+def benchmark_mixture():
+    return analytic.GaussianMixture([0.4, 0.3, 0.2, 0.1],
+                                    torch.tensor([[-1.0, -1.0], [1.0, -0.5], [0.0, 1.0], [1.2, 1.2]]),
+                                    torch.tensor([0.1, 0.15, 0.2, 0.1]))
+
+
+def exact_covariance() -> torch.Tensor:
+    mix = benchmark_mixture()
+    w, mu, var = mix.weights, mix.means, mix.vars
+    mean = w @ mu
+    second = (w[:, None, None] * (mu[:, :, None] * mu[:, None, :] + torch.diag_embed(var))).sum(0)
+    return second - mean[:, None] * mean[None, :]
+
+
+def print_stochastic(nfes):
+    """The stochastic solvers on the mixture (c) under VP: the sample's mode weights and covariance against the
+    exact ones, ``STOCHASTIC_ROWS`` rows (exact draws of that many rows: 0.005 / 0.003)."""
+    vp = sde_lib.VPSDE()
+    mix = benchmark_mixture()
+    rows = []
+    for name, extra in STOCHASTIC:
+        cells = []
+        for nfe in nfes:
+            sampler = get_sampler(name, sde=vp, shape=(STOCHASTIC_ROWS, 2), nfe=nfe, dtype=torch.float64, **extra)
+            x, used = sampler(mix.score_fn(vp), generator=torch.Generator().manual_seed(0))
+            assert used == nfe, (name, nfe, used)
+            w_err, c_err = mixture_moments(x, mix.weights, mix.means)
+            cells.append(f"{w_err:.3f} / {c_err:.3f}")
+        rows.append([solver_label(name, extra)] + cells)
+    print(f"\nStochastic solvers on (c), VP, logsnr schedule, {STOCHASTIC_ROWS} rows, denoise=True: mode-weight "
+          "error / relative covariance error\n")
+    print(markdown_table(["solver"] + [f"{n} NFE" for n in nfes], rows))
 
 
 def print_goals(errors, pnames, nfes):

@@ -1,8 +1,14 @@
 """The sampler contract shared by every sampling family.
 
 A sampler is built once with its options (checked here, before any work) and called as
-``sampler(score_fn, *, generator=None, seeds=None, x_init=None, progress=False, observation=None) -> (x, nfe)``.
-Subclasses declare their options with defaults in ``options`` and implement ``_sample``.
+``sampler(score_fn, *, generator=None, seeds=None, x_init=None, progress=False, observation=None, callback=None)
+-> (x, nfe)``. Subclasses declare their options with defaults in ``options`` and implement ``_sample``.
+
+``callback(step, t, x, denoised)`` is called after every step of the sampler's time grid: ``step`` counts from 0,
+``t`` is the time the step left ``x`` at, a Python float (one time for the whole batch), ``x`` the state after the
+step (the sampler's own tensor: clone it to keep it, never change it in place) and ``denoised`` the data
+prediction ``x0`` the step made, or ``None`` for methods without one (``pc``, ``ancestral``, ``ode``, ``sde``).
+It does not change the samples; raise an exception in it to stop sampling early.
 
 ``observation`` (a :class:`scoresde.guidance.Observation`) asks for samples that agree with a measurement
 ``y = A x_0``: samplers with ``replacement = True`` apply the paper's replacement data consistency
@@ -22,6 +28,8 @@ from ..utils import batch_broadcast, check_data, check_generator, check_placemen
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+#: ``callback(step, t, x, denoised)``, called after every step (see the module)
+StepCallback = Callable[[int, float, Tensor, Optional[Tensor]], Any]
 
 SAMPLERS = Registry("sampler")
 
@@ -133,13 +141,17 @@ class Sampler(abc.ABC):
 
     def __call__(self, score_fn: ScoreFn, *, generator: Optional[torch.Generator] = None,
                  seeds: Optional[Sequence[int]] = None, x_init: Optional[Tensor] = None, progress: bool = False,
-                 observation=None) -> Tuple[Tensor, int]:
+                 observation=None, callback: Optional[StepCallback] = None) -> Tuple[Tensor, int]:
         """Draw ``shape[0]`` samples; with ``observation``, samples that agree with it (see the module).
 
         Randomness comes from ``generator`` (one stream for the batch) or from ``seeds``, one int per row: row
         ``i``'s prior draw and every noise increment then come from its own stream (:class:`scoresde.noise.RowNoise`),
-        so a row's sample does not depend on the batch size or on the other rows."""
+        so a row's sample does not depend on the batch size or on the other rows. ``callback(step, t, x, denoised)``
+        is called after every step (see the module)."""
         counted = CountingScore(score_fn)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable as callback(step, t, x, denoised), got "
+                            f"{type(callback).__name__} {callback!r}")
         check_generator(generator)
         if seeds is not None:
             generator = self.row_noise(seeds, generator)
@@ -148,7 +160,7 @@ class Sampler(abc.ABC):
         x = self.init_state(x_init, generator)
         if x_init is not None:  # a NaN start would surface only at the end, blamed on score_fn
             check_data(x, "x_init")
-        replace = Replacement(self.sde, observation, generator)
+        replace = Replacement(self.sde, observation, generator, callback)
         with torch.no_grad():
             x = self._sample(counted, x, generator=generator, progress=progress, replace=replace)
             if observation is not None and self.replacement:
@@ -163,7 +175,8 @@ class Sampler(abc.ABC):
     def _sample(self, score_fn: ScoreFn, x: Tensor, *, generator: Optional[torch.Generator],
                 progress: bool, replace: "Replacement") -> Tensor:
         """Map the start ``x`` (a prior draw at ``T``) to a sample at ``eps`` (or 0 after denoising), calling
-        ``x = replace(x, t)`` after each step that leaves ``x`` at time ``t``."""
+        ``x = replace(x, t)`` after each step that leaves ``x`` at time ``t``, and ``replace.report(step, t, x,
+        denoised)`` once at the end of each step of the grid (the user's callback)."""
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
@@ -171,16 +184,27 @@ class Sampler(abc.ABC):
 
 
 class Replacement:
-    """Replacement data consistency (Song et al. 2021, App. I): after a step that leaves ``x`` at time ``t``,
+    """What a sampler does after its steps: replacement data consistency and the user's callback.
+
+    Replacement (Song et al. 2021, App. I): after a step that leaves ``x`` at time ``t``,
     ``x <- x + A^+ (y_t - A x)`` with ``y_t = alpha(t) y + sigma(t) A z`` a draw of ``A x_t`` given ``A x_0 = y``.
     The unobserved part is then conditioned on the observed one only through the score, which is why the
-    method is biased (see ``benchmarks/guidance.py``). Without an observation it returns ``x`` unchanged."""
+    method is biased (see ``benchmarks/guidance.py``). Without an observation it returns ``x`` unchanged, and
+    it is false (``if replace:``), so that a sampler can skip work only replacement needs.
+    :meth:`report` passes each finished step to the callback (see the module), when there is one."""
 
-    def __init__(self, sde: SDE, observation, generator: Optional[torch.Generator]):
-        self.sde, self.observation, self.generator = sde, observation, generator
+    def __init__(self, sde: SDE, observation, generator: Optional[torch.Generator],
+                 callback: Optional["StepCallback"] = None):
+        self.sde, self.observation, self.generator, self.callback = sde, observation, generator, callback
 
     def __bool__(self) -> bool:
         return self.observation is not None
+
+    def report(self, step: int, t, x: Tensor, denoised: Optional[Tensor] = None) -> None:
+        """``callback(step, float(t), x, denoised)`` when a callback was given; ``t`` a float or a ``[B]`` tensor
+        of one time (its first entry is taken)."""
+        if self.callback is not None:
+            self.callback(step, float(t.flatten()[0]) if torch.is_tensor(t) else float(t), x, denoised)
 
     def __call__(self, x: Tensor, t) -> Tensor:
         if self.observation is None:
@@ -198,5 +222,6 @@ def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor
     return (x + batch_broadcast(sigma ** 2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
 
 
-__all__ = ["Sampler", "CountingScore", "Replacement", "register_sampler", "get_sampler", "list_samplers", "randn_like",
+__all__ = ["Sampler", "CountingScore", "Replacement", "StepCallback", "register_sampler", "get_sampler",
+           "list_samplers", "randn_like",
            "tweedie_denoise"]

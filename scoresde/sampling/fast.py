@@ -28,6 +28,8 @@ with a list the budget follows from its length), ``rho`` (of the ``edm`` schedul
 ``denoise`` (finish with ``x0(x_eps, eps)``, which is also the EDM's last Euler step to sigma = 0; it
 costs one call), ``dtype``/``device`` of the prior draw. The solvers choose their steps so that the
 calls made equal ``nfe`` exactly: one call per step, Heun two (an odd budget makes its last step Euler's).
+A ``callback`` sees each step of the grid (not the final denoising call), ``denoised`` the newest data prediction
+the step made.
 DDIM with ``eta = 0`` and ``euler`` are the same method (Karras et al. 2022, Sec. 3), kept under both names.
 With ``observation=`` every solver replaces the observed part after each step (replacement data consistency,
 :class:`~scoresde.sampling.base.Replacement`).
@@ -187,6 +189,7 @@ class DDIMSampler(FastSampler):
             if c > 0:
                 x = x + c * randn_like(x, generator)
             x = replace(x, t.t)
+            replace.report(i, t.t, x, x0)
         return x
 
 
@@ -239,7 +242,10 @@ class EDMEulerSampler(FastSampler):
             x_next = x_hat + (t.sigma_hat - s.sigma_hat) * d
             if i < n_heun:  # Alg. 2, line 10: the trapezoidal correction
                 x_next = x_hat + (t.sigma_hat - s.sigma_hat) * 0.5 * (d + self._slope(data, x_next, t))
+            denoised = x_hat - s.sigma_hat * d if replace.callback is not None else None  # x0 at the step's start
             x_hat = replace(t.alpha * x_next, t.t) / t.alpha if replace else x_next
+            if denoised is not None:
+                replace.report(i, t.t, t.alpha * x_hat, denoised)
         return points[-1].alpha * x_hat
 
 
@@ -334,6 +340,7 @@ class DPMSolverPP2MSampler(_Multistep):
             s, t = points[i], points[i + 1]
             history = (history + [(s, data(x, s))])[-self.order:]
             x = replace(_dpmpp_update(x, s, t, history, self.step_order(i)), t.t)
+            replace.report(i, t.t, x, history[-1][1])
         return x
 
 
@@ -370,6 +377,7 @@ class DPMSolverPP2MSDESampler(_Multistep):
             x = (t.sigma / s.sigma * math.exp(-h)) * x + (t.alpha * one_m_e2h) * m0 \
                 + (t.sigma * math.sqrt(one_m_e2h)) * randn_like(x, generator)
             x = replace(x, t.t)
+            replace.report(i, t.t, x, history[-1][1])
         return x
 
 
@@ -441,11 +449,14 @@ class UniPCSampler(_Multistep):
             k = self.step_order(i)
             x_pred = self._update(x, s, t, history, k)
             if i == n - 1:
-                return replace(x_pred, t.t)
+                x = replace(x_pred, t.t)
+                replace.report(i, t.t, x, history[-1][1])
+                return x
             x_pred = replace(x_pred, t.t)
             m_t = data(x_pred, t)
             x = replace(self._update(x, s, t, history, k, m_t=m_t), t.t)
             history = (history + [(t, m_t)])[-self.order:]
+            replace.report(i, t.t, x, m_t)
         return x
 
 

@@ -2,7 +2,9 @@
 
 ``dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t)`` is integrated from ``T`` down to ``eps`` in float64 (the state that
 scipy sees is the flattened batch); the score is evaluated in the sampler's dtype and device. ``denoise``
-finishes with Tweedie's formula at ``eps`` (one more score evaluation).
+finishes with Tweedie's formula at ``eps`` (one more score evaluation). The steps are scipy's accepted steps
+(``solve_ivp``'s loop, run here so that a ``callback`` sees each: ``t`` the step's end, ``denoised`` None); the
+result is the state at ``eps`` where the last step ends.
 """
 import contextlib
 import math
@@ -67,12 +69,18 @@ class ODESampler(Sampler):
     def _sample(self, score_fn, x, *, generator, progress, replace):
         fun = _FlatDrift(self.sde, score_fn, x)
         y0 = x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+        # solve_ivp's own loop over the method's accepted steps, so that each can be reported to the callback
+        solver = getattr(integrate, self.method)(fun, self.sde.T, y0, self.eps, rtol=self.rtol, atol=self.atol)
+        step = 0
         with _single_threaded_blas():
-            solution = integrate.solve_ivp(fun, (self.sde.T, self.eps), y0, method=self.method,
-                                           rtol=self.rtol, atol=self.atol, t_eval=(self.eps,))
-        if not solution.success:
-            raise RuntimeError(f"solve_ivp ({self.method}) failed: {solution.message}")
-        x = torch.from_numpy(solution.y[:, -1]).view(x.shape).to(device=x.device, dtype=x.dtype)
+            while solver.status == "running":
+                message = solver.step()
+                if solver.status == "failed":
+                    raise RuntimeError(f"solve_ivp ({self.method}) failed: {message}")
+                if replace.callback is not None:
+                    replace.report(step, solver.t, torch.from_numpy(solver.y).view(x.shape).to(x.device, x.dtype))
+                step += 1
+        x = torch.from_numpy(solver.y).view(x.shape).to(device=x.device, dtype=x.dtype)
         if self.denoise:
             x = tweedie_denoise(self.sde, score_fn, x, torch.full_like(fun.t, self.eps))
         return x

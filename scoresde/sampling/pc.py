@@ -9,6 +9,9 @@ Time grids (``t`` runs from ``T`` down, one predictor step and ``n_steps`` corre
   at ``eps``.
 ``denoise`` returns the noise-free mean of the last step. With ``observation=`` both samplers replace the
 observed part by a forward-noised copy of ``y`` after every predictor and corrector step (App. I).
+A ``callback`` sees each of the ``N`` time points after its predictor (and corrector) step, with ``t`` the time
+the predictor moved to (a corrector-only run: the point's own time; the discrete chains' last step, level 0,
+reports ``t = 0`` as the step before it) and ``denoised`` None.
 """
 import copy
 from typing import Tuple
@@ -86,14 +89,16 @@ class PCSampler(Sampler):
             return corrector
         return self.corrector_step
 
-    def time_grid(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(times, next_times)``, each ``[N, B]`` on ``x``'s device and dtype: row ``k`` is step ``k``."""
+    def grid(self) -> Tensor:
+        """The ``N + 1`` float64 times: step ``k`` goes from ``grid[k]`` to ``grid[k + 1]``."""
         if self.predictor_step.discrete:
             grid = torch.linspace(self.sde.T, 0.0, self.N, dtype=torch.float64)
-            grid = torch.cat([grid, grid.new_zeros(1)])
-        else:
-            grid = torch.linspace(self.sde.T, self.eps, self.N + 1, dtype=torch.float64)
-        grid = grid.to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
+            return torch.cat([grid, grid.new_zeros(1)])
+        return torch.linspace(self.sde.T, self.eps, self.N + 1, dtype=torch.float64)
+
+    def time_grid(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(times, next_times)``, each ``[N, B]`` on ``x``'s device and dtype: row ``k`` is step ``k``."""
+        grid = self.grid().to(device=x.device, dtype=x.dtype)[:, None].expand(-1, x.shape[0])
         return grid[:-1], grid[1:]
 
     def _sample(self, score_fn, x, *, generator, progress, replace):
@@ -102,6 +107,8 @@ class PCSampler(Sampler):
             score_fn = _ScoreAtLeast(score_fn, self.eps)
         predict = None if isinstance(self.predictor_step, NonePredictor) else self.predictor_step.update
         correct = None if isinstance(self.corrector_step, NoneCorrector) else self.corrector_for(generator).update
+        # the time each step leaves x at, for the callback (a corrector-only step stays at its time)
+        after = self.grid().tolist()[1 if predict is not None else 0:][:self.N]
         x_mean = x
         for k in _progress(range(self.N), progress, type(self).__name__):
             t = times[k]
@@ -111,6 +118,7 @@ class PCSampler(Sampler):
             if predict is not None:
                 x, x_mean = predict(score_fn, x, t, next_times[k], generator)
                 x = replace(x, next_times[k])
+            replace.report(k, after[k], x)
         return x_mean if self.denoise else x
 
 

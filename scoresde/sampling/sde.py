@@ -9,7 +9,9 @@ batch flattened to ``[B, D]`` with diagonal noise. The noise ``g`` depends on ti
 Ito and Stratonovich forms coincide and every torchsde method applies. The Brownian motion is a
 ``torchsde.BrownianInterval`` seeded from ``generator``, so the same generator state gives the same samples; with
 ``seeds=`` every row has its own interval (:class:`RowBrownian`).
-``denoise`` finishes with Tweedie's formula at ``eps``.
+``denoise`` finishes with Tweedie's formula at ``eps``. With a ``callback`` the fixed steps are taken one
+``sdeint`` call at a time (the same samples; ``t = T - s`` at each step's end, ``denoised`` None); adaptive steps
+and ``reversible_heun`` refuse a callback.
 """
 import math
 import warnings
@@ -157,19 +159,50 @@ class SDESampler(Sampler):
         seed = int(torch.randint(2 ** 62, (), generator=generator, device=generator.device if generator else "cpu"))
         return interval(y.shape, seed)
 
+    def check_callback(self) -> None:
+        """``ValueError`` for the settings under which a callback cannot see each step (see :meth:`_step_by_step`)."""
+        if self.adaptive:
+            raise ValueError("callback= needs adaptive=False with the 'sde' sampler: torchsde accepts or rejects "
+                             "adaptive steps inside one sdeint call, out of reach of a callback")
+        if self.method == "reversible_heun":
+            raise ValueError("callback= does not work with method='reversible_heun' of the 'sde' sampler: "
+                             "stepping it one sdeint call at a time costs an extra score call per step; use "
+                             "another method (e.g. 'heun')")
+
+    @staticmethod
+    def _step_by_step(reverse, y0, ts, kwargs, replace, eps: float):
+        """The fixed-step ``sdeint`` loop with one call per step, carrying the solver's state from call to call,
+        so that ``replace.report`` sees every step: the same times (``min(s + dt, end)``, as torchsde computes
+        them), Brownian increments and score calls as one call over ``ts``, hence the same samples."""
+        s, end, dt = ts[0], ts[-1], kwargs["dt"]
+        y, extra, step = y0, None, 0
+        while s < end:
+            nxt = min(s + dt, end)
+            ys, extra = torchsde.sdeint(reverse, y, torch.stack([s, nxt]), extra=True, extra_solver_state=extra,
+                                        **kwargs)
+            y, s = ys[-1], nxt
+            replace.report(step, eps if bool(s >= end) else reverse.T - float(s), y.view(reverse.shape))
+            step += 1
+        return y
+
     def _sample(self, score_fn, x, *, generator, progress, replace):
         y0 = x.reshape(x.shape[0], -1)
         reverse = _TimeReversedSDE(self.sde, score_fn, x.shape, TORCHSDE_METHODS[self.method])
         # float64 times: accumulating dt in float32 would add a last sliver of a step
         ts = torch.tensor([0.0, self.sde.T - self.eps], dtype=torch.float64, device=x.device)
         options = {"grad_free": True} if self.method == "milstein" else None
+        if replace.callback is not None:
+            self.check_callback()
+        kwargs = dict(bm=self.brownian_motion(y0, generator), method=self.method, dt=self.step_size(),
+                      adaptive=self.adaptive, rtol=self.rtol, atol=self.atol, options=options)
         with warnings.catch_warnings():
             # torchsde warns that adaptive Euler may not converge for non-additive noise; ours is additive
             warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed to converge")
-            ys = torchsde.sdeint(reverse, y0, ts, bm=self.brownian_motion(y0, generator), method=self.method,
-                                 dt=self.step_size(), adaptive=self.adaptive, rtol=self.rtol, atol=self.atol,
-                                 options=options)
-        x = ys[-1].view(x.shape)
+            if replace.callback is None:
+                y = torchsde.sdeint(reverse, y0, ts, **kwargs)[-1]
+            else:
+                y = self._step_by_step(reverse, y0, ts, kwargs, replace, self.eps)
+        x = y.view(x.shape)
         if self.denoise:
             eps = torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
             x = tweedie_denoise(self.sde, score_fn, x, eps)

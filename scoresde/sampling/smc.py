@@ -50,7 +50,8 @@ class TwistedSMCSampler(Sampler):
     """Twisted SMC posterior sampler; called with ``observation=`` (required). Options: ``particles`` (``K``,
     16), ``N`` (steps; default ``sde.N``), ``schedule`` (``logsnr``; any name of :mod:`.schedules` or a list of
     times), ``twist`` (``pigdm`` or ``tweedie``), ``resample_threshold`` (0.5: resample below ``K/2`` effective
-    particles), ``denoise``. ``x_init``, if given, holds the ``B K`` starting particles ``[B K, ...]``."""
+    particles), ``denoise``. ``x_init``, if given, holds the ``B K`` starting particles ``[B K, ...]``; so do ``x``
+    and ``denoised`` of a ``callback`` (the particles after each step, before any resampling of the next)."""
 
     options = {**Sampler.options, "particles": 16, "N": None, "schedule": "logsnr", "twist": "pigdm",
                "resample_threshold": 0.5}
@@ -90,12 +91,13 @@ class TwistedSMCSampler(Sampler):
                              "replacement with 'pc'/'ancestral'/a fast solver")
         observation.check_samples(self.shape)
 
-    def __call__(self, score_fn, *, generator=None, seeds=None, x_init=None, progress=False, observation=None):
+    def __call__(self, score_fn, *, generator=None, seeds=None, x_init=None, progress=False, observation=None,
+                 callback=None):
         if observation is None:
             raise ValueError("sampler 'smc' samples a posterior p(x | y): call it with observation=... "
                              "(a scoresde.guidance.Observation with noise_std > 0)")
         return super().__call__(score_fn, generator=generator, seeds=seeds, x_init=x_init, progress=progress,
-                                observation=observation)
+                                observation=observation, callback=callback)
 
     def init_state(self, x_init, generator):
         if x_init is None:
@@ -178,6 +180,7 @@ class TwistedSMCSampler(Sampler):
                     f"smc: particle weights became non-finite at t={t.t:.4g} (step {i + 1} of {len(points) - 1}): "
                     "the twist's gradient overflowed; check score_fn for NaN/inf, or use a larger noise_std, "
                     "more steps N, or twist='pigdm'")
+            replace.report(i, t.t, x, x0)
         w = self._normalised(log_w)
         pick = _inverse_cdf(w, _uniforms(generator, B, w.device)).reshape(B)       # one particle per row
         flat = pick + K * torch.arange(B, device=w.device)

@@ -116,6 +116,34 @@ def test_sde_adaptive_rows_follow_their_own_seeds():
     assert len(set(steps.tolist())) > 1  # the rows did take different numbers of attempts
 
 
+@pytest.mark.parametrize("threshold", [1.5, 2.0])
+def test_brownian_memory_keeps_the_path_a_brownian_motion_under_rejections(threshold):
+    """Steps rejected whenever ``|dW| > threshold sqrt(h)`` (13% and 5% of tries) and retried at half the size:
+    with the memory the accepted increments over [0, 1] still sum to N(0, 1) in every row, as the path does not
+    depend on the decisions. Redrawing would keep the small increments only: variance 0.55 and 0.77."""
+    from scoresde.sampling.adaptive import _BrownianMemory
+    B = 10000
+    gen = torch.Generator().manual_seed(0)
+    memory = _BrownianMemory(torch.zeros(B, 1, dtype=torch.float64))
+    t, h = torch.zeros(B, dtype=torch.float64), torch.full((B,), 0.25, dtype=torch.float64)
+    total = torch.zeros(B, 1, dtype=torch.float64)
+    done = torch.zeros(B, dtype=torch.bool)
+    while not bool(done.all()):
+        idx = (~done).nonzero().squeeze(1)
+        z_fresh, z_bridge = (torch.randn(B, 1, generator=gen, dtype=torch.float64) for _ in range(2))
+        last = h[idx] >= 1.0 - t[idx]
+        step = torch.where(last, 1.0 - t[idx], h[idx])
+        dW, commit = memory.increment(idx, idx, step, z_bridge[idx], z_fresh[idx])
+        accept = (dW.abs().squeeze(1) <= threshold * step.sqrt()) | (step < 1e-3)
+        commit(accept)
+        total[idx[accept]] += dW[accept]
+        t[idx[accept]] += step[accept]
+        done[idx[accept & last]] = True
+        h[idx] = torch.where(accept, (1.5 * step).clamp(max=0.25), 0.5 * step)
+    assert abs(float(total.mean())) < 0.03
+    assert abs(float(total.var()) - 1.0) < 0.05, float(total.var())
+
+
 @pytest.mark.parametrize("name", ["dpm_adaptive", "sde_adaptive"])
 def test_adaptive_samplers_refuse_to_exceed_max_nfe(name):
     sde = SDES["vp"]
@@ -152,7 +180,7 @@ def test_tolerance_gives_an_error_within_2x_of_the_request(name, problem, caplog
     else:
         data, x = MIXTURE, prior(sde, (64, 2))
         ref = dop853_reference(sde, MIXTURE.score_fn(sde), x, sde.default_eps)
-    for tol in (1e-2, 2e-3):
+    for tol in ((1e-2, 2e-3) if problem == "gaussian" else (2e-2, 5e-3)):
         sampler = get_sampler(name, sde=sde, shape=x.shape, tolerance=tol, max_nfe=4000, denoise=False,
                               dtype=torch.float64)
         with caplog.at_level(logging.INFO, logger="scoresde.sampling.adaptive"):
@@ -222,7 +250,7 @@ BAD_OPTIONS = [
     ("dpm_adaptive", {"denoise": 1}, "denoise must be"),
     ("sde_adaptive", {"theta": 0.0}, "theta must be"), ("sde_adaptive", {"r": -1.0}, "r must be"),
     ("sde_adaptive", {"norm": "l1"}, "norm must be"), ("sde_adaptive", {"max_nfe": "9"}, "max_nfe must be"),
-    ("sde_adaptive", {"rtol": True}, "rtol must be"),
+    ("sde_adaptive", {"rtol": True}, "rtol must be"), ("sde_adaptive", {"memory": 1}, "memory must be"),
     ("unipc", {"tolerance": -1e-3}, "tolerance must be"), ("dpmpp_2m", {"tolerance": "1e-3"}, "tolerance must be"),
     ("dpmpp_3m", {"tolerance": 1e-3, "nfe": 10}, "give nfe or tolerance"),
     ("unipc", {"tolerance": 1e-3, "schedule": "optimized"}, "tolerance= chooses the number of steps"),

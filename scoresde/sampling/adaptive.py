@@ -269,14 +269,15 @@ class _BrownianMemory:
     the refined stack, so the path is the same whatever the accept decisions.
     """
 
-    def __init__(self, like: Tensor):
+    def __init__(self, like: Tensor, capacity: int = 8):
         B = like.shape[0]
-        self.dt = torch.zeros(B, 0, dtype=torch.float64)
-        self.dw = like.new_zeros((B, 0, *like.shape[1:]))
+        self.dt = torch.zeros(B, capacity, dtype=torch.float64)     # 0: an empty slot (stacks are left-aligned)
+        self.dw = like.new_zeros((B, capacity, *like.shape[1:]))
+        self.width = 0                                               # the longest stack
 
     def increment(self, idx: Tensor, dev_idx: Tensor, h: Tensor, z_bridge: Tensor, z_fresh: Tensor):
         """The increment ``dW`` over the next ``h`` ``[b]`` of rows ``idx`` and ``commit(accept)`` to update."""
-        dt, dw = self.dt[idx], self.dw[dev_idx]
+        dt, dw = self.dt[idx, :self.width], self.dw[dev_idx, :self.width]
         b, K = dt.shape
         tol = 1e-12
         cum = dt.cumsum(1)
@@ -330,16 +331,13 @@ class _BrownianMemory:
             new_dt = ext_dt.gather(1, src)
             dev_src = src.to(dw.device).reshape(b, K + 2, *([1] * (dw.dim() - 2))).expand(b, K + 2, *dw.shape[2:])
             new_dw = ext_dw.gather(1, dev_src)
-            width = max(int((new_dt > 0).sum(1).max()), int((self.dt > 0).sum(1).max()) if self.dt.numel() else 0)
-            grow = max(K + 2, self.dt.shape[1]) - self.dt.shape[1]
-            if grow:
-                self.dt = torch.cat([self.dt, torch.zeros(self.dt.shape[0], grow, dtype=torch.float64)], 1)
+            if K + 2 > self.dt.shape[1]:  # grow the slots (doubling), zero-filled
+                grow = K + 2
+                self.dt = torch.cat([self.dt, self.dt.new_zeros((self.dt.shape[0], grow))], 1)
                 self.dw = torch.cat([self.dw, self.dw.new_zeros((self.dw.shape[0], grow, *self.dw.shape[2:]))], 1)
-            self.dt[idx] = 0.0
-            self.dw[dev_idx] = 0.0
             self.dt[idx, :K + 2] = new_dt
             self.dw[dev_idx, :K + 2] = new_dw
-            self.dt, self.dw = self.dt[:, :width].contiguous(), self.dw[:, :width].contiguous()
+            self.width = int((self.dt[:, :K + 2] > 0).sum(1).max())
 
         return dW, commit
 

@@ -275,3 +275,20 @@ def test_optimize_schedule_rejects_bad_values_naming_them(options, message):
     sde = SDES["vp"]
     with pytest.raises(ValueError, match=message):
         optimize_schedule(sde, DIAGONAL.score_fn(sde), shape=(4, 8), **options)
+
+
+def test_adaptive_samplers_on_images_in_float32():
+    """Rank-4 data in the default float32: the shape and dtype are kept, dpm_adaptive agrees with its float64
+    run to float32 precision, and sde_adaptive rows follow their seeds (its memory holds [B, K, C, H, W])."""
+    sde = SDES["vp"]
+    data = analytic.Gaussian.diagonal(torch.zeros(2, 4, 4), torch.linspace(0.1, 0.5, 32).reshape(2, 4, 4))
+    score = data.score_fn(sde)
+    x = prior(sde, (3, 2, 4, 4))
+    y32, _ = get_sampler("dpm_adaptive", sde=sde, shape=(3, 2, 4, 4), rtol=1e-3, atol=1e-5)(score, x_init=x.float())
+    y64, _ = get_sampler("dpm_adaptive", sde=sde, shape=(3, 2, 4, 4), rtol=1e-3, atol=1e-5, dtype=torch.float64)(
+        score, x_init=x)
+    assert y32.dtype == torch.float32 and y32.shape == (3, 2, 4, 4)
+    assert rel_error(y32.double(), y64) < 1e-4
+    big, _ = get_sampler("sde_adaptive", sde=sde, shape=(3, 2, 4, 4), rtol=0.05)(score, seeds=[7, 8, 9])
+    small, _ = get_sampler("sde_adaptive", sde=sde, shape=(1, 2, 4, 4), rtol=0.05)(score, seeds=[9])
+    assert big.dtype == torch.float32 and torch.allclose(big[2:], small, rtol=0, atol=1e-6)

@@ -353,20 +353,28 @@ class SDEAdaptiveSampler(_AdaptiveSampler):
     """The adaptive reverse-SDE solver of Jolicoeur-Martineau et al. 2021, Alg. 1 (with extrapolation).
 
     The reverse SDE ``dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dw`` is stepped from ``t`` to ``t - h`` with
-    one draw ``z``: ``K_1 = -h [f - g^2 score](x, t) + g(t) sqrt(h) z`` (Euler-Maruyama, ``x' = x + K_1``),
-    ``K_2 = -h [f - g^2 score](x', t - h) + g(t - h) sqrt(h) z`` and the improved-Euler
-    ``x'' = x + (K_1 + K_2) / 2``; two calls a step. The error ``E = ||(x' - x'') / delta||`` with
-    ``delta = max(atol, rtol max(|x'|, |x'_prev|))`` is the scaled l2 norm (``norm='l2'``, ``/ sqrt(D)``) or the
-    max norm (``'linf'``) of each row; a row with ``E <= 1`` accepts ``x''`` (extrapolation) and keeps
+    one Brownian increment ``dW`` (``sqrt(h) z`` in the paper): ``K_1 = -h [f - g^2 score](x, t) + g(t) dW``
+    (Euler-Maruyama, ``x' = x + K_1``), ``K_2 = -h [f - g^2 score](x', t - h) + g(t - h) dW`` and the
+    improved-Euler ``x'' = x + (K_1 + K_2) / 2``; two calls a step. The error ``E = ||(x' - x'') / delta||``
+    with ``delta = max(atol, rtol max(|x'|, |x'_prev|))`` is the scaled l2 norm (``norm='l2'``, ``/ sqrt(D)``)
+    or the max norm (``'linf'``) of each row; a row with ``E <= 1`` accepts ``x''`` (extrapolation) and keeps
     ``x'_prev = x'``. Every row then sets ``h <- min(t - eps, theta h E^(-r))``. Options: ``rtol`` (0.01),
-    ``atol`` (0.01), ``h_init`` (0.01, in ``t``), ``theta`` (0.9), ``r`` (0.9), ``norm`` (``l2``), ``max_nfe``
-    (1000), ``denoise`` (Tweedie's formula at ``eps``). The defaults are those of the paper's code.
+    ``atol`` (0.01), ``h_init`` (0.01, in ``t``), ``theta`` (0.9), ``r`` (0.9), ``norm`` (``l2``), ``memory``
+    (True), ``max_nfe`` (1000), ``denoise`` (Tweedie's formula at ``eps``). The tolerances, ``theta`` and ``r``
+    default to the paper's code.
 
-    Noise: every pass draws one ``z`` for the whole batch through ``randn_like(x, generator)`` and each running
-    row takes its own slab; a rejected step discards its draw (rejections consume draws). A row's k-th attempt
-    therefore uses the row's k-th draw whatever the other rows accept, so with ``seeds=`` (one stream per row)
-    a row's sample is a function of its seed alone, the same in any batch. With one ``generator`` the draws
-    of a row depend on its position in the batch, as for every sampler.
+    ``memory=True`` keeps the increments that rejected steps revealed (:class:`_BrownianMemory`): each row's
+    increments then come from one Brownian path, whatever its accept decisions. ``memory=False`` redraws after a
+    rejection, as Alg. 1 does, which biases the samples where ``E`` depends on the noise (low dimensions: see
+    :class:`_BrownianMemory`).
+
+    Noise and seeds: every pass draws two normals for the whole batch through ``randn_like(x, generator)`` (the
+    part of a step beyond the revealed path, and the Brownian-bridge draw of a split increment) and each running
+    row takes its own slabs, used or not. A row's k-th attempt therefore uses the row's k-th draws whatever the
+    other rows do (rows accept and reject on their own errors only), so with ``seeds=`` (one stream per row) a
+    row's sample is a function of its seed alone, the same in any batch (tested). With ``memory=False`` a
+    rejection consumes its draws. With one ``generator`` a row's draws depend on its place in the batch, as
+    for every sampler.
     """
 
     options = {**_AdaptiveSampler.options, "rtol": 0.01, "atol": 0.01, "h_init": 0.01, "theta": 0.9, "r": 0.9,

@@ -28,13 +28,12 @@ and their time) rather than return samples that miss the tolerance.
 import copy
 import logging
 import math
-from typing import Optional
 
 import torch
 
 from ..progress import progress_bar
 from ..utils import batch_broadcast
-from .base import Replacement, Sampler, ScoreFn, randn_like, register_sampler
+from .base import Replacement, Sampler, ScoreFn, randn_like, register_sampler, tweedie_denoise
 from .ode import check_tolerances
 from .schedules import OPTIMIZED, get_timesteps
 
@@ -122,9 +121,8 @@ class _AdaptiveSampler(Sampler):
         if bar is not None:
             bar.close()
         if self.denoise:
-            t = torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
-            alpha, sigma = self.sde.marginal_coeffs(t)
-            x = (x + batch_broadcast(sigma ** 2, x) * score_fn(x, t)) / batch_broadcast(alpha, x)
+            x = tweedie_denoise(self.sde, score_fn, x, torch.full((x.shape[0],), self.eps, dtype=x.dtype,
+                                                                   device=x.device))
         self.last_stats["nfe"] = score_fn.nfe
         return x
 
@@ -467,7 +465,8 @@ class ToleranceBudget:
     ``nfe`` (all calls), ``nfe_chosen``, ``pilot_nfe``, ``pilot_rows``, ``error_estimate`` (the chosen budget's
     estimated relative error) and ``tolerance``; the choice is also logged (``logging.INFO``). The pilot runs at
     every call: pass ``nfe=last_stats["nfe_chosen"]`` to reuse a choice. ``max_nfe`` (1000) bounds the budgets
-    tried (the reference ``4n`` included): ``RuntimeError`` if the tolerance needs more.
+    tried (the reference ``4n`` included): ``RuntimeError`` if the tolerance needs more. The pilot solves the
+    unconditional problem: with ``observation=`` only the batch's solve replaces the observed part.
     """
 
     def __init_subclass__(cls, **kwargs):

@@ -14,6 +14,17 @@ The error is ``||x - x_ref|| / ||x_ref||`` over the whole batch (float64, ``deno
 solver from the same prior draw. The stochastic solvers are measured on (c) by the moments of what they draw:
 the error of the mode weights and of the covariance. Run: ``python benchmarks/solvers.py`` (``--quick`` for a
 smaller run).
+
+Error control (issue 13), on the same problems:
+
+- ``dpm_adaptive`` (orders 2, 3) at rtol 1e-2 / 1e-3 / 1e-4 (atol = rtol / 100): the NFE used and the error;
+- ``tolerance=`` on ``dpmpp_2m``, ``dpmpp_3m``, ``unipc``: the budget chosen, the pilot's calls and the error;
+- ``sde_adaptive`` at rtol 5e-2 / 1e-2 / 1e-3 (atol = rtol; ``--quick``: the first two; 1e-4 would take tens of
+  thousands of calls): the NFE used and a distributional error (the relative
+  error of the per-dimension std on (a), (b) against the exact marginal at eps, the largest mode-weight error
+  on (c)), next to Euler-Maruyama (``pc``, no corrector) at the same NFE, on 4000 rows (``--quick``: 1000);
+- ``schedule="optimized"``: UniPC-3 and DPM-Solver++(2M) with the times fitted on pilot rows (other draws than
+  the batch's; 16 rows on (a), (b), 512 on the 2-D (c)), the error on the batch and the fit's score calls.
 """
 import argparse
 import sys
@@ -123,6 +134,7 @@ def main(argv=None):
 
     print_goals(errors, list(probs), nfes)
     print_stochastic(nfes)
+    print_error_control(probs, errors, nfes, args.quick)
 
 
 def mixture_moments(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor):
@@ -197,6 +209,108 @@ def print_goals(errors, pnames, nfes):
                 cells.append(f"{errors[pname, 'euler', schedule, nfe] / err:.1f}x ({label})")
             rows.append([pname.split()[0], schedule] + cells)
     print(markdown_table(["problem", "schedule"] + [f"{n} NFE" for n in nfes], rows))
+
+
+def print_error_control(probs, errors, nfes, quick):
+    """The tables of issue 13: adaptive solvers, ``tolerance=`` and ``schedule="optimized"``."""
+    rtols = [1e-2, 1e-3, 1e-4]
+    pnames = list(probs)
+    short = [p.split()[0] for p in pnames]
+
+    print("\nAdaptive DPM-Solver: NFE used / relative error vs the exact map, by rtol (atol = rtol / 100):\n")
+    rows = []
+    for order in (2, 3):
+        cells = []
+        for pname in pnames:
+            sde, eps, score_fn, x, reference = probs[pname]
+            for rtol in rtols:
+                sampler = get_sampler("dpm_adaptive", sde=sde, shape=x.shape, eps=eps, order=order, rtol=rtol,
+                                      atol=rtol / 100, max_nfe=20000, denoise=False, dtype=torch.float64)
+                y, used = sampler(score_fn, x_init=x)
+                cells.append(f"{used} / {relative_error(y, reference(eps)):.1e}")
+        rows.append([f"dpm_adaptive(order={order})"] + cells)
+    print(markdown_table(["solver"] + [f"{p} {r:.0e}" for p in short for r in rtols], rows))
+
+    print("\ntolerance=: chosen NFE (+ pilot calls on 16 rows) / relative error on the batch (max_nfe=20000):\n")
+    rows = []
+    for name in ("dpmpp_2m", "dpmpp_3m", "unipc"):
+        cells = []
+        for pname in pnames:
+            sde, eps, score_fn, x, reference = probs[pname]
+            for tol in rtols:
+                sampler = get_sampler(name, sde=sde, shape=x.shape, eps=eps, tolerance=tol, max_nfe=20000,
+                                      denoise=False, dtype=torch.float64)
+                y, _ = sampler(score_fn, x_init=x)
+                stats = sampler.last_stats
+                cells.append(f"{stats['nfe_chosen']} (+{stats['pilot_nfe']}) / "
+                             f"{relative_error(y, reference(eps)):.1e}")
+        rows.append([name] + cells)
+    print(markdown_table(["solver"] + [f"{p} tol {r:.0e}" for p in short for r in rtols], rows))
+
+    print_sde_adaptive(probs, quick)
+
+    print("\nschedule='optimized' (fitted on pilot rows, seed 0): relative error on the batch "
+          "(fit calls in brackets), against the best named schedule:\n")
+    rows = []
+    best_a10 = None
+    for name, extra in (("unipc", {"order": 3}), ("dpmpp_2m", {})):
+        label = solver_label(name, extra)
+        for nfe in nfes:
+            cells = []
+            for pname in pnames:
+                sde, eps, score_fn, x, reference = probs[pname]
+                sampler = get_sampler(name, sde=sde, shape=x.shape, eps=eps, nfe=nfe, schedule="optimized",
+                                      denoise=False, dtype=torch.float64, **extra)
+                y, _ = sampler(score_fn, x_init=x)
+                err = relative_error(y, reference(eps))
+                best, schedule = min((errors[pname, label, s, nfe], s) for s in SCHEDULES)
+                cells.append(f"{err:.1e} ({sampler.schedule_fit['calls']}) vs {best:.1e} {schedule}")
+                if pname == pnames[0] and nfe == 10 and (best_a10 is None or err < best_a10[0]):
+                    best_a10 = (err, label)
+            rows.append([label, nfe] + cells)
+    print(markdown_table(["solver", "NFE"] + short, rows))
+    if best_a10 is not None:
+        print(f"\n- (a) 10 NFE with schedule='optimized': best {best_a10[1]} {best_a10[0]:.1e} "
+              f"(goal <= 5e-3: {'met' if best_a10[0] <= 5e-3 else 'NOT met'})")
+
+
+def print_sde_adaptive(probs, quick):
+    """``sde_adaptive`` against Euler-Maruyama at the same NFE, by a distributional error (see the module)."""
+    rows_n = 1000 if quick else 4000
+    print(f"\nsde_adaptive: NFE used / distributional error ({rows_n} rows; Euler-Maruyama at that NFE in "
+          "brackets):\n")
+    gen = torch.Generator().manual_seed(1)
+    cells_by_rtol = {}
+    for pname, (sde, eps, score_fn, _, _) in probs.items():
+        x = sde.prior_sampling((rows_n, probs[pname][3].shape[1]), generator=gen, dtype=torch.float64)
+        for rtol in ((5e-2, 1e-2) if quick else (5e-2, 1e-2, 1e-3)):
+            sampler = get_sampler("sde_adaptive", sde=sde, shape=x.shape, eps=eps, rtol=rtol, atol=rtol,
+                                  max_nfe=20000, denoise=False, dtype=torch.float64)
+            y, used = sampler(score_fn, x_init=x, seeds=list(range(rows_n)))
+            em = get_sampler("pc", sde=sde, shape=x.shape, eps=eps, predictor="euler_maruyama", corrector="none",
+                             N=used, denoise=False, dtype=torch.float64)
+            y_em, _ = em(score_fn, x_init=x, seeds=list(range(rows_n)))
+            ours, theirs = distribution_error(pname, sde, eps, y), distribution_error(pname, sde, eps, y_em)
+            cells_by_rtol.setdefault(rtol, []).append(f"{used} / {ours:.1e} ({theirs:.1e})")
+    rows = [[f"sde_adaptive rtol={r:.0e}"] + cells for r, cells in cells_by_rtol.items()]
+    print(markdown_table(["solver"] + [p.split()[0] for p in probs], rows))
+
+
+def distribution_error(pname, sde, eps, y):
+    """(a), (b): ``||std_hat - std_eps|| / ||std_eps||`` over the dimensions, against the exact marginal at ``eps``;
+    (c): the largest error of the mode weights (rows assigned to the nearest mean)."""
+    t = torch.tensor([eps], dtype=torch.float64)
+    alpha, sigma = (float(v) for v in sde.marginal_coeffs(t))
+    if pname.startswith("(c)"):
+        mix = benchmark_mixture()
+        nearest = torch.cdist(y, mix.means * alpha).argmin(dim=1)
+        weights = torch.bincount(nearest, minlength=len(mix.weights)).double() / y.shape[0]
+        return float((weights - mix.weights).abs().max())
+    std = torch.full((64,), 0.5, dtype=torch.float64) if pname.startswith("(a)") else \
+        torch.linspace(0.05, 0.5, 64, dtype=torch.float64)
+    std_eps = torch.sqrt(alpha ** 2 * std ** 2 + sigma ** 2)
+    return float(torch.linalg.vector_norm(y.std(0) - std_eps) / torch.linalg.vector_norm(std_eps))
+
 
 if __name__ == "__main__":
     main()

@@ -41,8 +41,9 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 
 from ..progress import progress_bar
+from .adaptive import ToleranceBudget
 from .base import Sampler, ScoreFn, randn_like, register_sampler, tweedie_denoise
-from .schedules import check_schedule, get_timesteps
+from .schedules import OPTIMIZED, check_schedule, fit_schedule, get_timesteps
 
 Tensor = torch.Tensor
 
@@ -123,7 +124,8 @@ class FastSampler(Sampler):
                                  f"take nfe={nfe} for {type(self).__name__}; leave nfe out to use the schedule's")
             self._check_nfe(nfe)
         self.nfe = nfe
-        self.timesteps = get_timesteps(self.schedule, self.sde, self.n_steps, self.eps, rho=float(self.rho))
+        self.timesteps = None if isinstance(self.schedule, str) and self.schedule == OPTIMIZED else \
+            get_timesteps(self.schedule, self.sde, self.n_steps, self.eps, rho=float(self.rho))
 
     def _check_nfe(self, nfe) -> None:
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < self.min_nfe:
@@ -140,6 +142,8 @@ class FastSampler(Sampler):
 
     def _sample(self, score_fn: ScoreFn, x: Tensor, *, generator: Optional[torch.Generator],
                 progress: bool, replace) -> Tensor:
+        if self.timesteps is None:  # schedule="optimized": fitted to this score at the first call, then kept
+            self.timesteps, self.schedule_fit = fit_schedule(self, score_fn)
         data = DataPrediction(self.sde, score_fn)
         points = [data.point(t) for t in self.timesteps.tolist()]
         x = self.solve(data, x, points, generator=generator, progress=progress, replace=replace)
@@ -328,7 +332,7 @@ def _dpmpp_update(x: Tensor, s: Point, t: Point, history: List[Tuple[Point, Tens
 
 
 @register_sampler("dpmpp_2m")
-class DPMSolverPP2MSampler(_Multistep):
+class DPMSolverPP2MSampler(ToleranceBudget, _Multistep):
     """DPM-Solver++(2M): multistep second order in ``lambda`` on the data prediction (Lu et al. 2022b, Alg. 2);
     first step first order, and for fewer than 10 steps a first-order last step (``lower_order_final``)."""
 
@@ -400,7 +404,7 @@ def _unipc_coefficients(h: float, rks: List[float], variant: str):
 
 
 @register_sampler("unipc")
-class UniPCSampler(_Multistep):
+class UniPCSampler(ToleranceBudget, _Multistep):
     """UniPC (Zhao et al. 2023): the unified predictor UniP-p (Alg. 3) and corrector UniC-p (Alg. 2) with the
     B(h) variants ``bh1`` (``B(h) = h``) and ``bh2`` (``B(h) = e^h - 1``), on the data prediction.
 

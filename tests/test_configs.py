@@ -9,7 +9,7 @@ from scoresde.models import create_model
 from scoresde.sampling.base import SAMPLERS
 
 EXPERIMENTS = ["vp.cifar10", "subvp.cifar10", "ve.cifar10", "vp.cifar10_deep", "ve.cifar10_deep",
-               "vp.ddpm.cifar10", "ve.ncsnv2.cifar10", "vp.digits", "vp.digits_cond", "vp.digits_classifier",
+               "vp.ddpm.cifar10", "ve.ncsnv2.cifar10", "vp.digits", "vp.digits_cond", "vp.digits_classifier", "edm.digits",
                "vp.toy", "vp.mnist",
                "ve.celeba_ncsnpp", "vp.celeba_ddpmpp", "ve.church_ncsnpp_continuous",
                "ve.bedroom_ncsnpp_continuous", "ve.ffhq_256_ncsnpp_continuous"]
@@ -79,7 +79,7 @@ def test_paper_sampling_fields_and_sampler_options_are_one():
     assert config.sampling.method == "ode"
 
 
-@pytest.mark.parametrize("name", ["vp.digits", "vp.digits_cond", "vp.digits_classifier", "vp.toy", "vp.mnist"])
+@pytest.mark.parametrize("name", ["vp.digits", "vp.digits_cond", "vp.digits_classifier", "edm.digits", "vp.toy", "vp.mnist"])
 def test_small_networks_build(name):
     assert sum(p.numel() for p in create_model(load(name)).parameters()) > 0
 

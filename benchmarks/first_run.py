@@ -123,7 +123,8 @@ def main():
         row = dict(run_candidate(name, workdir, args.samples, args.fresh), name=name)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{args.samples} samples judged per candidate; load: the machine's mean load average over the run\n")
+    print(f"\n{args.samples} samples judged per candidate; load: the 1-minute load average, the mean of its values "
+          f"at the start and at the end of the candidate's run\n")
     print("| candidate | image | steps | threads | train s | eval s | load | bits/dim | sampler (NFE) | digit IS | "
           "confident | real digits: IS, confident |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

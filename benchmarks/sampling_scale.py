@@ -3,7 +3,7 @@
 (a) Per-row noise (``seeds=``, :class:`scoresde.noise.RowNoise`) against one shared ``torch.Generator``, with
     pc (euler_maruyama + langevin, two score calls and two noise draws per step) and the small conv net of
     ``benchmarks/common.py`` on a batch of 64 images 3x32x32. The two set-ups are timed interleaved, repeat by
-    repeat; the overhead is the difference of the per-step times as a share of the shared-generator step.
+    repeat, alternating which goes first; the overhead is the difference of the per-step times as a share of the shared-generator step.
 (b) Samples per second of the same draw (``--num`` samples, batch 64, per-row seeds) split over 1 and over 2
     torchrun processes (Gloo, one thread each), and 1 process with 2 threads: wall time from a barrier before
     the draw to a barrier after it.
@@ -77,8 +77,9 @@ def per_row_overhead(steps: int, repeats: int):
     with torch.no_grad():
         for fn in runs.values():
             fn()                                   # warm-up
-        for _ in range(repeats):
-            for name, fn in runs.items():
+        for r in range(repeats):
+            order = list(runs.items())
+            for name, fn in (order if r % 2 == 0 else order[::-1]):  # alternate which goes first
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) / steps)

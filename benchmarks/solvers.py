@@ -28,6 +28,7 @@ Error control (issue 13), on the same problems:
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,15 +116,20 @@ def main(argv=None):
     probs = problems()
 
     errors = {}  # (problem, solver label, schedule, nfe) -> error
+    seconds = {}  # (problem, solver label) -> wall seconds per score call, over every schedule and budget
     for pname, (sde, eps, score_fn, x, reference) in probs.items():
         for name, extra in SOLVERS:
+            wall, calls = 0.0, 0
             for schedule in SCHEDULES:
                 for nfe in nfes:
                     sampler = get_sampler(name, sde=sde, shape=x.shape, eps=eps, nfe=nfe, schedule=schedule,
                                           denoise=False, dtype=torch.float64, **extra)
+                    start = time.perf_counter()
                     y, used = sampler(score_fn, x_init=x)
+                    wall, calls = wall + time.perf_counter() - start, calls + used
                     assert used == nfe, (name, nfe, used)
                     errors[pname, solver_label(name, extra), schedule, nfe] = relative_error(y, reference(sampler.eps))
+            seconds[pname, solver_label(name, extra)] = wall / calls
 
     headers = ["solver", "schedule"] + [f"{p.split()[0]} {n}" for p in probs for n in nfes]
     rows = [[solver_label(n, e), s] + [f"{errors[p, solver_label(n, e), s, k]:.1e}" for p in probs for k in nfes]
@@ -131,6 +137,12 @@ def main(argv=None):
     print("Relative RMS error vs the exact probability-flow map, by problem and NFE "
           "(float64, same prior draw, denoise=False)\n")
     print(markdown_table(headers, rows))
+
+    print(f"\nms per NFE (wall time / score calls over every schedule and budget; batch {BATCH}, float64, one "
+          "thread; the closed-form scores cost little, so this is mostly the solver's own work)\n")
+    print(markdown_table(["solver"] + [p.split()[0] for p in probs],
+                         [[solver_label(n, e)] + [f"{seconds[p, solver_label(n, e)] * 1e3:.3f}" for p in probs]
+                          for n, e in SOLVERS]))
 
     print_goals(errors, list(probs), nfes)
     print_stochastic(nfes)

@@ -337,7 +337,7 @@ def test_main_trains_with_the_edm_loss_and_its_checkpoint_samples_with_pc_and_dp
     assert run_lib.load_for_inference(run, run.checkpoints.numbered_path(1)) == 4
     for sampler in ("pc", "dpmpp_2m"):
         run.config.sampling.sampler = sampler
-        x, nfe = run_lib.draw_samples(run, 4, 4, (0,))
+        x, _, nfe = run_lib.draw_samples(run, range(4), 4, step=4)
         assert x.shape == (4, 1, 16, 16) and torch.isfinite(x).all() and nfe == 5
         assert x.abs().max() < 10  # in the data range [0, 1] up to what a 4-step network leaves
     # the same checkpoint read as a DSM (noise-predicting) network is refused, naming the field

@@ -66,15 +66,21 @@ def test_convergence_order(name, options, order):
     assert coarse / fine >= 0.7 * 2 ** order, (coarse, fine)
 
 
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("denoise", [False, True])
-def test_spends_exactly_the_budget(name, denoise):
+def assert_spends_exactly_the_budget(name: str, least: int, denoise: bool, below: int) -> None:
+    """``name`` makes exactly ``nfe`` score calls for every budget from its least (``least`` + denoising) up to
+    ``below``, on two schedules (shared with tests/test_fast_solvers_more.py)."""
     sde = SDES["vp"]
-    for nfe in range(MIN_NFE[name] + int(denoise), 12):
+    for nfe in range(least + int(denoise), below):
         for schedule in ("uniform", "edm"):
             sampler = get_sampler(name, sde=sde, shape=(4, 2), nfe=nfe, schedule=schedule, denoise=denoise)
             _, used = sampler(lambda x, t: -x, generator=torch.Generator().manual_seed(0))
             assert used == nfe == sampler.nfe
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("denoise", [False, True])
+def test_spends_exactly_the_budget(name, denoise):
+    assert_spends_exactly_the_budget(name, MIN_NFE[name], denoise, 12)
 
 
 def test_budget_from_a_list_of_times():

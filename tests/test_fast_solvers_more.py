@@ -9,7 +9,8 @@ from scoresde import analytic, noise, sde_lib
 from scoresde.sampling import get_sampler, list_samplers
 from scoresde.sampling.fast_more import ADAMS_BASHFORTH, dpm_solver_orders
 
-from test_fast_solvers import DIAGONAL, EDM_VE, ISOTROPIC, ISOTROPIC_3, MIXTURE, SDES, map_error
+from test_fast_solvers import (DIAGONAL, EDM_VE, ISOTROPIC, ISOTROPIC_3, MIXTURE, SDES,
+                               assert_spends_exactly_the_budget, map_error)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,15 +164,10 @@ def test_dpm_solver_fast_plan_is_the_papers():
 @pytest.mark.parametrize("name", sorted(MIN_NFE))
 @pytest.mark.parametrize("denoise", [False, True])
 def test_spends_exactly_the_budget(name, denoise):
-    sde = SDES["vp"]
-    for nfe in range(MIN_NFE[name] + int(denoise), 14):
-        for schedule in ("uniform", "edm"):
-            sampler = get_sampler(name, sde=sde, shape=(4, 2), nfe=nfe, schedule=schedule, denoise=denoise)
-            _, used = sampler(lambda x, t: -x, generator=torch.Generator().manual_seed(0))
-            assert used == nfe == sampler.nfe
+    assert_spends_exactly_the_budget(name, MIN_NFE[name], denoise, 14)
     least = MIN_NFE[name] + int(denoise)
     with pytest.raises(ValueError, match=rf"nfe must be an integer >= {least}"):
-        get_sampler(name, sde=sde, shape=(2, 2), nfe=least - 1, denoise=denoise)
+        get_sampler(name, sde=SDES["vp"], shape=(2, 2), nfe=least - 1, denoise=denoise)
 
 
 def test_a_list_of_times_sets_the_budget():

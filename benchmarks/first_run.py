@@ -15,15 +15,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import markdown_table  # also puts the repository on sys.path
 
 import run_lib  # noqa: E402
 from configs.edm import digits as edm_digits  # noqa: E402
@@ -40,12 +36,7 @@ def _digits_8x8(steps: int, **changes):
     config.eval.begin_ckpt = config.eval.end_ckpt = 1
     config.sampling.sampler = "dpmpp_2m_sde"
     config.sampling.options.dpmpp_2m_sde.nfe = 50
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict(changes)
     return config
 
 
@@ -125,13 +116,12 @@ def main():
         rows.append(row)
     print(f"\n{args.samples} samples judged per candidate; load: the 1-minute load average, the mean of its values "
           f"at the start and at the end of the candidate's run\n")
-    print("| candidate | image | steps | threads | train s | eval s | load | bits/dim | sampler (NFE) | digit IS | "
-          "confident | real digits: IS, confident |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['name']} | {r['image']}x{r['image']} | {r['steps']} | {r.get('threads', 1)} | {r['train_s']:.0f} | "
-              f"{r['eval_s']:.0f} | {r['load']:.1f} | {r['bpd']:.3f} | {r['sampler']} | {r['is']:.2f} | "
-              f"{r['confident']:.0%} | {r['real_is']:.2f}, {r['real_confident']:.0%} |")
+    print(markdown_table(
+        ["candidate", "image", "steps", "threads", "train s", "eval s", "load", "bits/dim", "sampler (NFE)", "digit IS",
+         "confident", "real digits: IS, confident"],
+        [[r["name"], f"{r['image']}x{r['image']}", r["steps"], r.get("threads", 1), f"{r['train_s']:.0f}",
+          f"{r['eval_s']:.0f}", f"{r['load']:.1f}", f"{r['bpd']:.3f}", r["sampler"], f"{r['is']:.2f}",
+          f"{r['confident']:.0%}", f"{r['real_is']:.2f}, {r['real_confident']:.0%}"] for r in rows]))
 
 
 if __name__ == "__main__":

@@ -32,12 +32,7 @@ def tiny_config(**changes):
     e.bpd_num_images, e.bpd_num_repeats, e.bpd_rtol, e.bpd_atol = 4, 2, 1e-2, 1e-2
     e.num_samples = 4
     config.optim.warmup = 2
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(changes)
     return config
 
 

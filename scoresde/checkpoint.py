@@ -115,23 +115,13 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` with its checksum file, atomically (see the module docstring)."""
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    writer: Dict[str, _HashingWriter] = {}
-
-    def write(f):
-        writer["w"] = _HashingWriter(f)
-        torch.save(obj, writer["w"])
-
-    tmp = _write_temporary(directory, name, write)
     step = obj.get("step") if isinstance(obj, dict) else None
-    _commit(tmp, path, {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size,
-                        "step": int(step) if step is not None else None})
+    atomic_write_checked(path, lambda f: torch.save(obj, f), step=int(step) if step is not None else None)
 
 
-def atomic_write_checked(path: str, write: Callable) -> None:
-    """``write(f)`` into ``path`` atomically, with a checksum file that :func:`verify` checks (as for
-    checkpoints; used for other caches that must never be read half-written or damaged)."""
+def atomic_write_checked(path: str, write: Callable, **record: Any) -> None:
+    """``write(f)`` into ``path`` atomically, with a checksum file that :func:`verify` checks (checkpoints, and
+    caches that must never be read half-written or damaged); ``record`` adds fields to that file."""
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     writer: Dict[str, _HashingWriter] = {}
@@ -141,7 +131,7 @@ def atomic_write_checked(path: str, write: Callable) -> None:
         write(writer["w"])
 
     tmp = _write_temporary(directory, name, hashed)
-    _commit(tmp, path, {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size})
+    _commit(tmp, path, {"sha256": writer["w"].sha.hexdigest(), "size": writer["w"].size, **record})
 
 
 def _commit(tmp: str, path: str, record: Dict[str, Any]) -> None:
@@ -182,6 +172,15 @@ def read_sidecar(path: str) -> Optional[Dict[str, Any]]:
     return record if isinstance(record, dict) and "sha256" in record else None
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def verify(path: str) -> None:
     """Raise :class:`DamagedCheckpoint` when ``path`` is empty, or its size or SHA-256 differ from its
     checksum file (a file without one, e.g. from an older version, is only checked for being empty).
@@ -197,11 +196,8 @@ def verify(path: str) -> None:
     if all(size != version.get("size") for version in versions):
         what = "truncated" if size < record.get("size", 0) else "longer than written"
         raise DamagedCheckpoint(path, f"{what}: {size} bytes, {record.get('size')} written")
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    if all(sha.hexdigest() != version.get("sha256") for version in versions):
+    digest = file_sha256(path)
+    if all(digest != version.get("sha256") for version in versions):
         raise DamagedCheckpoint(path, "its bytes do not match the checksum written with it")
 
 

@@ -35,7 +35,6 @@ Usage under ``torchrun`` (rank 0 first, so no rank draws while stale files are r
         store.finish()
 """
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -45,7 +44,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import TEMPORARY_PREFIX, atomic_write_bytes
+from .checkpoint import TEMPORARY_PREFIX, atomic_write_bytes, file_sha256
 
 log = logging.getLogger("scoresde")
 
@@ -87,14 +86,6 @@ def _normalise(identity: Dict[str, Any]) -> Dict[str, Any]:
         return json.loads(json.dumps(identity, sort_keys=True))
     except TypeError as e:
         raise TypeError(f"the identity of a shard set must be JSON-serialisable: {e}") from None
-
-
-def _sha256(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def index_ranges(shards: Sequence[Shard]) -> str:
@@ -188,7 +179,7 @@ class ShardStore:
         shards = []
         for shard in self.shards:
             path = self.path(shard)
-            shards.append({"name": shard.name, "start": shard.start, "end": shard.end, "sha256": _sha256(path),
+            shards.append({"name": shard.name, "start": shard.start, "end": shard.end, "sha256": file_sha256(path),
                            "nfe": self._read(shard, keys=("nfe",))["nfe"]})
         self._write_manifest(complete=True, shards=shards, nfe=sum(s["nfe"] for s in shards))
         with open(self.manifest_path) as f:

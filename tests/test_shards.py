@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde import shards
+from scoresde import checkpoint, shards
 from scoresde.shards import ShardError, ShardStore
 
 IDENTITY = {"seed": 42, "step": 6, "sampler": "ddim", "options": {"nfe": 3}, "shape": (1, 16, 16)}
@@ -68,7 +68,7 @@ def test_missing_resumes_at_the_first_missing_shard_and_load_all_is_in_index_ord
     assert manifest["complete"] and manifest["nfe"] == 100
     assert manifest["identity"] == {**json.loads(json.dumps(IDENTITY)), "total": 10, "shard_size": 2}
     assert [m["name"] for m in manifest["shards"]] == [x.name for x in s.shards]
-    assert manifest["shards"][2]["sha256"] == shards._sha256(s.path(s.shards[2]))
+    assert manifest["shards"][2]["sha256"] == checkpoint.file_sha256(s.path(s.shards[2]))
 
 
 def test_missing_ranges_are_merged():
@@ -308,7 +308,7 @@ import os, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, os.path.join({root!r}, "tests"))
 import torch
 import run_lib
-from scoresde import shards
+from scoresde import checkpoint, shards
 from test_shards import eval_config, sample_config
 
 rank = os.environ["RANK"]

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
 from scoresde import (checkpoint, config_file, datasets, distributed, divergence, guidance, image_tasks,
-                      likelihood, losses, noise, sde_lib, shards)
+                      likelihood, losses, noise, precision, sde_lib, shards)
 from scoresde.images import (legible_scale, save_image_grid, save_label_grid, save_task_grid,  # noqa: F401
                              to_uint8_nhwc)
 from scoresde.datasets.loader import step_seed
@@ -39,7 +39,6 @@ from scoresde.sampling.base import SAMPLERS
 
 log = logging.getLogger("scoresde")
 
-MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OBJECTIVES = ("score", "classifier")  # training.objective: a score network, or a noise-conditional classifier
 METRICS = ("fid", "is", "kid")
 # streams of derived seeds, so that no two uses of one (seed, rank, step) share random numbers (3 was the
@@ -70,8 +69,9 @@ def check_config(config) -> None:
                     "index (see scoresde.models.get_score_fn); use 'fourier', or training.continuous=False")
     if config.sampling.sampler not in SAMPLERS:
         raise _fail("sampling.sampler", config.sampling.sampler, f"unknown sampler; available: {', '.join(SAMPLERS.list())}")
-    if config.training.mixed_precision not in MIXED_PRECISION:
-        raise _fail("training.mixed_precision", config.training.mixed_precision, f"must be one of {list(MIXED_PRECISION)}")
+    if config.training.mixed_precision not in precision.SETTINGS:
+        raise _fail("training.mixed_precision", config.training.mixed_precision,
+                    f"must be one of {list(precision.SETTINGS)}")
     for path in ("training.batch_size", "training.n_iters", "training.snapshot_freq", "training.log_freq",
                  "training.eval_freq", "training.snapshot_freq_for_preemption", "eval.batch_size",
                  "eval.bpd_num_repeats", "sampling.num_samples", "sampling.batch_size", "eval.shard_size",
@@ -293,6 +293,7 @@ class Run:
     scaler: Callable                   # data [0, 1] -> model range
     inverse_scaler: Callable
     checkpoints: checkpoint.CheckpointDir
+    mixed_precision: str = "no"        # training.mixed_precision resolved ("auto" decided): no, bf16 or fp16
     step: int = 0
 
     @property
@@ -342,14 +343,17 @@ def setup(config, workdir: str) -> Run:
     optimizer = optimizer_cls(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
                               eps=optim.eps, weight_decay=optim.weight_decay)
     ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-    grad_scaler = torch.amp.GradScaler(info.device.type, enabled=config.training.mixed_precision == "fp16")
-    if config.training.mixed_precision == "fp16" and info.device.type != "cuda":
+    # rank 0's hardware decides "auto" for all ranks, so that no two ranks train under different numerics
+    mixed_precision = distributed.broadcast_from_main(
+        precision.resolve(config.training.mixed_precision, info.device), info)
+    grad_scaler = torch.amp.GradScaler(info.device.type, enabled=mixed_precision == "fp16")
+    if mixed_precision == "fp16" and info.device.type != "cuda":
         raise _fail("training.mixed_precision", "fp16", "fp16 autocast needs a GPU; use 'bf16' on CPU")
     sampler_from_config(config, sde, 1, info.device)  # fail early on bad sampler options
     return Run(config=config, workdir=workdir, dist=info, sde=sde, model=model, ema=ema, optimizer=optimizer,
                grad_scaler=grad_scaler, scaler=datasets.get_data_scaler(config),
                inverse_scaler=datasets.get_data_inverse_scaler(config),
-               checkpoints=checkpoint.CheckpointDir(workdir))
+               checkpoints=checkpoint.CheckpointDir(workdir), mixed_precision=mixed_precision)
 
 
 # config fields that may change between a checkpoint and the run that loads it: not the network's shape
@@ -448,8 +452,13 @@ def _generator(device: torch.device, *keys: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(step_seed(*keys))
 
 
+def _precision_name(run: Run) -> str:
+    name = "fp32" if run.mixed_precision == "no" else f"{run.mixed_precision} autocast"
+    return name + (" (training.mixed_precision = auto)" if run.config.training.mixed_precision == "auto" else "")
+
+
 def _autocast(run: Run):
-    dtype = MIXED_PRECISION[run.config.training.mixed_precision]
+    dtype = precision.autocast_dtype(run.mixed_precision)
     return torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -600,7 +609,7 @@ def draw_identity(run: Run, step: int, label_cycle: Optional[Sequence[int]], **e
     return {"seed": c.seed, "step": step, "sampler": c.sampling.sampler,
             "options": {k: v for k, v in (options.to_dict() if options is not None else {}).items() if v is not None},
             "shape": list(sample_shape(c)), "labels": None if label_cycle is None else list(label_cycle),
-            "mixed_precision": c.training.mixed_precision, **extra}
+            "mixed_precision": run.mixed_precision, **extra}
 
 
 def open_shards(run: Run, folder: str, total: int, shard_size: int, identity: Dict[str, Any],
@@ -834,9 +843,10 @@ def _train(run: Run, guard: divergence.DivergenceGuard) -> List[float]:
     distributed.barrier(run.dist)
     if not run.dist.is_main:
         resumed = restore_newest(run, guard)
-    log.info("%s at step %d%s; seed %d; %d parameters; world size %d; device %s",
+    log.info("%s at step %d%s; seed %d; %d parameters; world size %d; device %s; precision %s",
              "resuming" if resumed else "starting", run.step, f" from {resumed}" if resumed else "", config.seed,
-             sum(p.numel() for p in run.model.parameters()), run.dist.world_size, run.device)
+             sum(p.numel() for p in run.model.parameters()), run.dist.world_size, run.device,
+             _precision_name(run))
     t = config.training
     _check_numbered_collisions(run)
     train_data, eval_data = datasets.get_data_iterators(
@@ -1024,8 +1034,8 @@ def eval_samples(run: Run, n: int, folder: str) -> Tuple[Dict[str, Any], torch.T
     x = sample_tensor(mine["samples"], shape) if "samples" in mine else torch.empty(0, *shape)  # a rank with no shard
     indices = torch.from_numpy(mine["indices"]) if "indices" in mine else torch.empty(0, dtype=torch.long)
     return {"num_samples": e.num_samples, "nfe": store.nfe(), "sampler": run.config.sampling.sampler,
-            "sampler_options": store.identity["options"], "path": stem + ".npz" if e.save_samples else None,
-            "shards": store.folder}, x, indices
+            "sampler_options": store.identity["options"], "mixed_precision": store.identity["mixed_precision"],
+            "path": stem + ".npz" if e.save_samples else None, "shards": store.folder}, x, indices
 
 
 def _gathered_features(run: Run, extractor, x: torch.Tensor, indices: torch.Tensor):

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import run_lib  # noqa: E402
+from scoresde import precision  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--mixed-precision", default="no", choices=sorted(run_lib.MIXED_PRECISION))
+    p.add_argument("--mixed-precision", default="no", choices=precision.SETTINGS)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="", help="'' = CUDA if available, else CPU")
     return p.parse_args(argv)

@@ -1044,13 +1044,10 @@ def _gathered_features(run: Run, extractor, x: torch.Tensor, indices: torch.Tens
     rounding at another batch size)."""
     from scoresde.metrics.extractor import InceptionFeatures
     feats = extractor.features(x) if x.shape[0] else None
-    order = distributed.gather_rows(indices.long(), run.dist).argsort()
-
-    def gathered(name: str) -> np.ndarray:
-        local = torch.zeros(0) if feats is None else torch.as_tensor(getattr(feats, name)).float()
-        return distributed.gather_rows(local, run.dist)[order].numpy()
-
-    return InceptionFeatures(pool=gathered("pool"), logits=gathered("logits") if extractor.has_logits else None)
+    names = ["pool", "logits"] if extractor.has_logits else ["pool"]
+    local = [torch.zeros(0) if feats is None else torch.as_tensor(getattr(feats, name)).float() for name in names]
+    gathered = dict(zip(names, (v.numpy() for v in distributed.gather_in_order(indices, run.dist, *local))))
+    return InceptionFeatures(pool=gathered["pool"], logits=gathered.get("logits"))
 
 
 def eval_metrics(run: Run, x: torch.Tensor, indices: torch.Tensor) -> Dict[str, Any]:
@@ -1098,8 +1095,7 @@ def eval_digits_judge(run: Run, x: torch.Tensor, indices: torch.Tensor) -> Dict[
     (``scoresde.metrics.digits``; the judge is cached in ``<workdir>/digits_judge``). Every rank's samples
     are gathered in index order (they are small); rank 0 judges them, other ranks return ``{}``."""
     from scoresde.metrics.digits import evaluate_digits
-    order = distributed.gather_rows(indices.long(), run.dist).argsort()
-    x = distributed.gather_rows(x.float(), run.dist)[order]
+    x, = distributed.gather_in_order(indices, run.dist, x.float())
     if not run.dist.is_main:
         return {}
     return evaluate_digits(x, cache_dir=os.path.join(run.workdir, "digits_judge"))

@@ -7,7 +7,7 @@ files (:attr:`DistInfo.is_main`). Data sharding per rank is ``scoresde.datasets.
 """
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -109,6 +109,13 @@ def gather_rows(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(value.device)
 
 
+def gather_in_order(indices: torch.Tensor, info: DistInfo, *values: torch.Tensor) -> List[torch.Tensor]:
+    """Every rank's rows of each of ``values`` (``[n_r, ...]``, row ``k`` belonging to sample ``indices[k]``),
+    gathered from all ranks (:func:`gather_rows`) and put in sample-index order, on every rank."""
+    order = gather_rows(indices.long(), info).argsort()
+    return [gather_rows(value, info)[order] for value in values]
+
+
 def broadcast_from_main(value: Any, info: DistInfo) -> Any:
     """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself in a world of one."""
     if not info.enabled:
@@ -119,4 +126,4 @@ def broadcast_from_main(value: Any, info: DistInfo) -> Any:
 
 
 __all__ = ["DistInfo", "init", "cleanup", "barrier", "mean_over_ranks", "sum_over_ranks", "gather_rows",
-           "broadcast_from_main"]
+           "gather_in_order", "broadcast_from_main"]

@@ -291,8 +291,9 @@ def test_eval_samples_come_from_the_shards(trained):
     # the options the sampler ran with, as the shards' manifest has them
     assert info["sampler_options"] == run_lib.draw_identity(run, 4, None)["options"]
     assert info["sampler_options"]["N"] == config.sampling.options.pc.N
-    assert {k: v for k, v in info.items() if k != "sampler_options"} == {"num_samples": 5, "nfe": 3 * 3, "sampler": "pc", "path": os.path.join(folder, "ckpt_1_samples.npz"),
-                    "shards": os.path.join(folder, "ckpt_1_samples")}
+    assert {k: v for k, v in info.items() if k != "sampler_options"} == {
+        "num_samples": 5, "nfe": 3 * 3, "sampler": "pc", "mixed_precision": run.mixed_precision,
+        "path": os.path.join(folder, "ckpt_1_samples.npz"), "shards": os.path.join(folder, "ckpt_1_samples")}
     assert indices.dtype == torch.long and indices.tolist() == [0, 1, 2, 3, 4]
     with np.load(info["path"]) as saved:
         assert x.shape == (5, 1, 16, 16) and x.dtype == torch.float32

@@ -221,7 +221,7 @@ def check_guidance_config(config) -> None:
 
 def check_task_config(config) -> None:
     """``sampling.task`` and its fields (the sampler's support of ``observation=`` is checked on the first
-    observation, :func:`task_observations`)."""
+    observation, :func:`check_task_sampler`)."""
     s = config.sampling
     if s.task not in ("none",) + image_tasks.TASKS:
         raise _fail("sampling.task", s.task, f"must be one of {['none', *image_tasks.TASKS]}")
@@ -1242,51 +1242,82 @@ def guided_score_fn(run: Run, labels: Optional[torch.Tensor], classifier_fn: Opt
     return score_fn
 
 
-def task_images(run: Run, num_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first ``sampling.num_samples`` test images (data range ``[0, 1]``) and their labels, repeated to
-    ``num_rows`` rows (whole batches)."""
+def task_images(run: Run) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``sampling.num_samples`` test images (data range ``[0, 1]``) and their labels."""
     num = run.config.sampling.num_samples
     test = datasets.get_dataloader(run.config, "test", infinite=False, shuffle=False, batch_size=num)
     x, y = next(iter(test))
     if x.shape[0] < num:
         raise _fail("sampling.num_samples", num, f"image tasks take test-split images and there are {x.shape[0]}")
-    index = torch.arange(num_rows) % num
-    return x[index], y[index]
+    return x, y
 
 
-def task_observations(run: Run, images: torch.Tensor) -> List[guidance.Observation]:
-    """One observation per batch of ``sampling.batch_size`` test images (in the network's data space, on the
-    run's device), seeded by ``(seed, batch)`` only; checks that the sampler can honour them."""
-    s, bs = run.config.sampling, run.config.sampling.batch_size
-    out = []
-    for i in range(0, images.shape[0], bs):
-        generator = torch.Generator().manual_seed(step_seed(run.config.seed, i // bs, _OBSERVATION))
-        out.append(image_tasks.make_observation(
-            s.task, run.scaler(images[i:i + bs].to(run.device)), mask=s.mask, mask_fraction=s.mask_fraction,
-            factor=s.superres_factor, noise_std=s.task_noise_std, generator=generator))
-    if s.task_method == "replace":
-        try:
-            sampler_from_config(run.config, run.sde, bs, run.device).check_observation(out[0])
-        except ValueError as e:
-            raise _fail("sampling.sampler", s.sampler, f"{e} (or set sampling.task_method to 'dps' or 'pigdm', "
-                        "score transforms that work with every sampler)") from e
-    return out
+def task_observation(run: Run, images: torch.Tensor, indices: Sequence[int]) -> guidance.Observation:
+    """The observation of ``images`` (data range ``[0, 1]``), the test images of the draw's rows ``indices``, in
+    the network's data space on the run's device. Row ``i``'s random mask and noise come from a stream of its
+    own, seeded by ``(seed, i)`` alone: an observation does not depend on the batch, the shard or the process
+    that draws it, nor on the checkpoint."""
+    s = run.config.sampling
+    seeds = noise.sample_seeds(step_seed(run.config.seed, _OBSERVATION), 0, list(indices))
+    return image_tasks.make_observation(
+        s.task, run.scaler(images.to(run.device)), mask=s.mask, mask_fraction=s.mask_fraction,
+        factor=s.superres_factor, noise_std=s.task_noise_std, generator=noise.RowNoise(seeds))
 
 
-def task_condition(run: Run, observations: List[guidance.Observation], classifier_fn: Optional[Callable]):
-    """``condition(batch, labels)`` for :func:`draw_samples`: the batch of sample indices ``batch`` (a whole
-    batch of ``sampling.batch_size``) is sampled given ``observations[batch[0] // batch_size]``, by
-    replacement in the sampler or by a DPS / Pi-GDM score transform (``sampling.task_method``)."""
+def check_task_sampler(run: Run, observation: guidance.Observation) -> None:
+    """Refuse a replacement task whose sampler cannot take ``observation=``, naming the score transforms."""
+    s = run.config.sampling
+    if s.task_method != "replace":
+        return
+    try:
+        sampler_from_config(run.config, run.sde, observation.y.shape[0], run.device).check_observation(observation)
+    except ValueError as e:
+        raise _fail("sampling.sampler", s.sampler, f"{e} (or set sampling.task_method to 'dps' or 'pigdm', "
+                    "score transforms that work with every sampler)") from e
+
+
+def task_condition(run: Run, images: torch.Tensor, classifier_fn: Optional[Callable]):
+    """``condition(batch, labels)`` for :func:`draw_samples`: the rows ``batch`` (sample indices) are drawn
+    given the observation of their test images ``images[batch]`` (:func:`task_observation`), by replacement in
+    the sampler or by a DPS / Pi-GDM score transform (``sampling.task_method``)."""
     s = run.config.sampling
 
     def condition(batch: torch.Tensor, labels: Optional[torch.Tensor]):
-        i = int(batch[0]) // s.batch_size
+        observation = task_observation(run, images[batch], batch.tolist())
         score_fn = guided_score_fn(run, labels, classifier_fn)
         if s.task_method == "replace":
-            return score_fn, observations[i]
-        return guidance.posterior_guidance(score_fn, run.sde, observations[i], method=s.task_method,
+            return score_fn, observation
+        return guidance.posterior_guidance(score_fn, run.sde, observation, method=s.task_method,
                                            scale=s.task_guidance_scale, std=s.task_likelihood_std or None), None
     return condition
+
+
+def task_identity(config) -> Dict[str, Any]:
+    """The fields of ``sampling.task`` that a draw's samples depend on, for its shards' manifest."""
+    s = config.sampling
+    if s.task == "none":
+        return {}
+    fields = {"task": s.task, "task_noise_std": s.task_noise_std, "task_method": s.task_method}
+    if s.task == "inpaint":
+        fields.update(mask=s.mask, mask_fraction=s.mask_fraction if s.mask == "random" else None)
+    if s.task == "superres":
+        fields.update(superres_factor=s.superres_factor)
+    if s.task_method != "replace":
+        fields.update(task_guidance_scale=s.task_guidance_scale, task_likelihood_std=s.task_likelihood_std)
+    return fields
+
+
+def save_task_draw(run: Run, everything: Dict[str, np.ndarray], images: torch.Tensor, image_labels: torch.Tensor,
+                   stem: str) -> None:
+    """Rank 0's ``.npz`` and ``.png`` of a finished image-task draw: the stored samples, the observations
+    (made again, row by row as they were drawn), the test images and their labels."""
+    bs = run.config.sampling.batch_size
+    shown = torch.cat([run.inverse_scaler(image_tasks.observation_image(task_observation(
+        run, images[i:i + bs], range(i, min(i + bs, images.shape[0]))))).float().cpu()
+        for i in range(0, images.shape[0], bs)])
+    labels = everything.get("labels")
+    save_task_samples(sample_tensor(everything["samples"], sample_shape(run.config)), shown, images, image_labels,
+                      stem, class_labels=None if labels is None else torch.from_numpy(labels))
 
 
 def sample(config, workdir: str) -> str:
@@ -1298,7 +1329,8 @@ def sample(config, workdir: str) -> str:
     (``scoresde.shards``), split over the ranks of ``torchrun`` and resumed at the first missing shard when
     the same command runs again; rank 0 then assembles the ``.npz`` and ``.png``. Sample ``i`` depends only
     on ``(seed, step, i)``, so the result does not depend on the number of processes or on where a draw was
-    interrupted. An image task (``sampling.task``) is drawn by rank 0 alone, without shards.
+    interrupted. An image task (``sampling.task``) is sharded the same way: row ``i`` is drawn given the
+    observation of test image ``i``, whose random mask and noise depend on ``(seed, i)`` alone.
 
     With class labels and ``sampling.guidance`` the rows are drawn for their labels (the grid has one row per
     label); with ``sampling.task`` each row is drawn given an observation of a test image, and the grid shows
@@ -1309,15 +1341,15 @@ def sample(config, workdir: str) -> str:
                     "--config.sampling.classifier_workdir=<this workdir>")
     run = setup(config, workdir)
     s = config.sampling
-    num_rows = math.ceil(s.num_samples / s.batch_size) * s.batch_size
     classifier_fn, classifier_classes = (load_classifier(config, run.sde, run.device) if s.guidance == "classifier"
                                          else (None, 0))
     cycle = sampling_label_cycle(run, classifier_classes)
     condition = None
     if s.task != "none":
-        images, image_labels = task_images(run, num_rows)
-        observations = task_observations(run, images)
-        condition = task_condition(run, observations, classifier_fn)
+        images, image_labels = task_images(run)
+        first = torch.arange(min(s.batch_size, s.num_samples))
+        check_task_sampler(run, task_observation(run, images[first], first.tolist()))
+        condition = task_condition(run, images, classifier_fn)
     elif s.guidance != "none":
         condition = lambda batch, rows: (guided_score_fn(run, rows, classifier_fn), None)  # noqa: E731
     if s.original_checkpoint:  # a checkpoint released with the paper's PyTorch code
@@ -1347,26 +1379,18 @@ def sample(config, workdir: str) -> str:
         name += f"_{s.task}" + (f"_{s.mask}" if s.task == "inpaint" else "") + (f"_{s.task_method}"
                                                                                 if s.task_method != "replace" else "")
     stem = os.path.join(workdir, s.folder, f"{name}_seed{config.seed}")
-    if s.task != "none":  # one process draws every row (observations come per batch): no shards
-        if run.dist.is_main:
-            x, labels, nfe = draw_samples(run, range(num_rows), s.batch_size, step, label_cycle=cycle,
-                                          condition=condition, progress=True)
-            shown = torch.cat([run.inverse_scaler(image_tasks.observation_image(o)).float().cpu() for o in observations])
-            save_task_samples(x[:s.num_samples], shown[:s.num_samples], images[:s.num_samples],
-                              image_labels[:s.num_samples], stem,
-                              class_labels=None if labels is None else labels[:s.num_samples])
-            log.info("%d samples from %s (step %d) with %s, %d score evaluations: %s.npz / .png",
-                     s.num_samples, path, step, s.sampler, nfe, stem)
-        return stem
     identity = draw_identity(run, step, cycle, use_ema=s.use_ema, guidance=s.guidance,
                              guidance_scale=s.guidance_scale if s.guidance != "none" else None,
                              classifier_workdir=s.classifier_workdir if s.guidance == "classifier" else None,
-                             original_checkpoint=s.original_checkpoint or None)
+                             original_checkpoint=s.original_checkpoint or None, **task_identity(config))
     store = open_shards(run, stem + "_shards", s.num_samples, s.shard_size, identity, "sampling.folder")
     draw_shards(run, store, s.batch_size, step, label_cycle=cycle, condition=condition, progress=True)
     if run.dist.is_main:
         everything = store.load_all()
-        save_sample_array(everything["samples"], stem, labels=everything.get("labels"))
+        if s.task == "none":
+            save_sample_array(everything["samples"], stem, labels=everything.get("labels"))
+        else:
+            save_task_draw(run, everything, images, image_labels, stem)
         manifest = store.finish()
         log.info("%d samples from %s (step %d) with %s, %d score evaluations, %d process(es): %s.npz / .png "
                  "(shards in %s)", s.num_samples, path, step, s.sampler, manifest["nfe"], run.dist.world_size, stem,

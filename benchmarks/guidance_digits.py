@@ -149,7 +149,9 @@ def main(argv=None):
     if args.inpaint:
         n = args.inpaint
         num_rows = math.ceil(n / args.batch_size) * args.batch_size
-        images, labels = run_lib.task_images(run, num_rows)
+        images, labels = run_lib.task_images(run)
+        repeat = torch.arange(num_rows) % n                  # whole batches: the first images again at the end
+        images, labels = images[repeat], labels[repeat]
         truth = labels[:n].numpy()
         observations = [image_tasks.make_observation("inpaint", run.scaler(images[i:i + args.batch_size].to(run.device)),
                                                      mask="half")

@@ -6,12 +6,12 @@ Images here are in the network's data space (after the run's scaler, e.g. ``[-1,
 ``[B, C, H, W]``; so are the observations built from them, as the samplers expect.
 """
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import guidance
+from . import guidance, noise
 
 Tensor = torch.Tensor
 
@@ -20,10 +20,11 @@ MASKS = ("half", "box", "random")
 
 
 def make_mask(kind: str, shape: Sequence[int], fraction: float = 0.5,
-              generator: Optional[torch.Generator] = None) -> Tensor:
+              generator: noise.Randomness = None) -> Tensor:
     """A float mask ``[B, 1, H, W]`` for images of ``shape``, 1 where observed: ``half`` (the top half),
     ``box`` (all but a centred square of side ``fraction`` of the image) or ``random`` (each pixel observed
-    with probability ``fraction``, drawn from ``generator``, a CPU generator)."""
+    with probability ``fraction``, drawn from ``generator``: a CPU generator, or a ``scoresde.noise.RowNoise`` for
+    one stream per image)."""
     if kind == "half":
         return guidance.half_mask(shape)
     if kind == "box":
@@ -33,17 +34,17 @@ def make_mask(kind: str, shape: Sequence[int], fraction: float = 0.5,
     raise ValueError(f"mask must be one of {list(MASKS)}, got {kind!r}")
 
 
-def _noisy(y: Tensor, noise_std: float, generator: Optional[torch.Generator]) -> Tensor:
+def _noisy(y: Tensor, noise_std: float, generator: noise.Randomness) -> Tensor:
     """``y + noise_std z``, ``z`` drawn on the CPU from ``generator`` (the same numbers on any device)."""
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not 0 <= noise_std < math.inf:
         raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
     if noise_std == 0:
         return y
-    return y + noise_std * torch.randn(y.shape, generator=generator).to(device=y.device, dtype=y.dtype)
+    return y + noise_std * noise.randn(y.shape, generator).to(device=y.device, dtype=y.dtype)
 
 
 def make_observation(task: str, x: Tensor, *, mask: str = "half", mask_fraction: float = 0.5, factor: int = 2,
-                     noise_std: float = 0.0, generator: Optional[torch.Generator] = None) -> guidance.Observation:
+                     noise_std: float = 0.0, generator: noise.Randomness = None) -> guidance.Observation:
     """The observation of clean images ``x`` [B, C, H, W] (in data space, on any device) for ``task``:
 
     - ``inpaint``: the pixels of :func:`make_mask` ``(mask, mask_fraction)``, ``guidance.Inpainting``;
@@ -52,7 +53,8 @@ def make_observation(task: str, x: Tensor, *, mask: str = "half", mask_fraction:
       ``H`` and ``W``.
 
     With ``noise_std > 0`` the measurement carries Gaussian noise of that std, and the observation says so.
-    ``generator`` (a CPU generator) draws the random mask, then the noise."""
+    ``generator`` (a CPU generator, or a ``scoresde.noise.RowNoise``: each image's mask and noise from its own
+    stream) draws the random mask, then the noise."""
     if not torch.is_tensor(x) or x.dim() != 4:
         raise ValueError(f"x must be a [B, C, H, W] tensor of images, got "
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")

@@ -127,15 +127,15 @@ def narrow_gaussian_scores(monkeypatch):
     pixels, and clipping to [0, 1] changes channel means and block averages there."""
     from scoresde.utils import batch_broadcast
 
-    def narrow_gaussian(run, observations, classifier_fn):
+    def narrow_gaussian(run, images, classifier_fn):
         def condition(batch, labels):
-            i = int(batch[0]) // run.config.sampling.batch_size
-            mean = observations[i].pinv(observations[i].y)
+            observation = run_lib.task_observation(run, images[batch], batch.tolist())
+            mean = observation.pinv(observation.y)
 
             def score_fn(x, t):
                 alpha, sigma = (batch_broadcast(c.to(x.dtype), x) for c in run.sde.marginal_coeffs(t))
                 return -(x - alpha * mean) / (sigma ** 2 + (0.02 * alpha) ** 2)
-            return score_fn, observations[i]
+            return score_fn, observation
         return condition
 
     monkeypatch.setattr(run_lib, "task_condition", narrow_gaussian)
@@ -193,6 +193,41 @@ def test_posterior_guidance_works_with_any_sampler(conditional, method, sampler)
     config.sampling.options.ddim.nfe = 3
     stem = run_lib.sample(config, conditional)
     assert np.load(stem + ".npz")["samples"].shape == (2, 16, 16, 1) and stem.endswith(f"_{method}_seed42")
+
+
+def _task_draw(workdir, folder, **fields):
+    config = sampling(COND, task="inpaint", mask="random", mask_fraction=0.3, task_noise_std=0.05,
+                      num_samples=5, folder=folder, **fields)
+    stem = run_lib.sample(config, workdir)
+    with np.load(stem + ".npz") as saved:
+        return stem, {k: saved[k] for k in saved.files}
+
+
+def test_an_image_task_is_drawn_in_shards_by_sample_index(conditional):
+    """Row i of an image task depends on (seed, i) alone: its observation (random mask and noise) and its
+    sample are the same in one batch and shard of 5 as in batches and shards of 2, and a draw that lost a
+    shard draws that one again and assembles the same files."""
+    stem, whole = _task_draw(conditional, "task_whole", batch_size=5, shard_size=5)
+    _, cut = _task_draw(conditional, "task_cut", batch_size=2, shard_size=2)
+    assert sorted(os.listdir(stem + "_shards")) == ["manifest.json", "samples_000000-000005.npz"]
+    assert set(whole) == {"samples", "observations", "originals", "labels", "class_labels"}
+    for key in whole:
+        assert np.array_equal(whole[key], cut[key]), key
+    observed = whole["observations"] != 128
+    assert 0 < observed.mean() < 1 and len({m.tobytes() for m in observed}) == 5  # a mask of its own per image
+    cut_stem = stem.replace("task_whole", "task_cut")
+    os.remove(os.path.join(cut_stem + "_shards", "samples_000002-000004.npz"))
+    os.remove(cut_stem + ".npz")
+    _, again = _task_draw(conditional, "task_cut", batch_size=2, shard_size=2)
+    for key in whole:
+        assert np.array_equal(whole[key], again[key]), key
+
+
+def test_another_task_draw_in_the_same_folder_is_refused_naming_the_field(conditional):
+    _task_draw(conditional, "task_refused", shard_size=2)
+    with pytest.raises(ValueError, match="task_noise_std"):
+        run_lib.sample(sampling(COND, task="inpaint", mask="random", mask_fraction=0.3, task_noise_std=0.1,
+                                num_samples=5, folder="task_refused", shard_size=2), conditional)
 
 
 BAD = [

@@ -1,8 +1,10 @@
 """Inpainting masks for image batches ``[B, C, H, W]``: 1 where a pixel is observed, 0 where it is to be drawn.
 All masks are float32 ``[B, 1, H, W]`` (the same for every channel) and broadcast against the images."""
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
+
+from .. import noise
 
 
 def _image_shape(shape: Sequence[int]):
@@ -42,12 +44,13 @@ def box_mask(shape: Sequence[int], box_fraction: float = 0.5) -> torch.Tensor:
 
 
 def random_mask(shape: Sequence[int], fraction: float = 0.5,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Observe each pixel independently with probability ``fraction`` (drawn from ``generator``)."""
+                generator: noise.Randomness = None) -> torch.Tensor:
+    """Observe each pixel independently with probability ``fraction`` (drawn from ``generator``, a
+    ``torch.Generator`` or a ``scoresde.noise.RowNoise``)."""
     b, _, h, w = _image_shape(shape)
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-    return (torch.rand(b, 1, h, w, generator=generator) < fraction).float()
+    return (noise.rand((b, 1, h, w), generator) < fraction).float()
 
 
 __all__ = ["half_mask", "box_mask", "random_mask"]

@@ -66,9 +66,9 @@ def add_run_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     training = config.training
     # the numbered-checkpoint period under its plain name; one value with the paper's snapshot_freq
     training.checkpoint_freq = training.get_ref("snapshot_freq")
-    # 'no', 'bf16', 'fp16' (torch.autocast; fp16 with a GradScaler, GPU only) or 'auto' (bf16 on a CPU with
-    # native bf16, fp32 elsewhere: scoresde.precision)
-    training.mixed_precision = "no"
+    # 'auto' (bf16 autocast on a CPU with native bf16, fp32 elsewhere, GPUs included: scoresde.precision), 'no'
+    # (fp32), 'bf16' or 'fp16' (torch.autocast; fp16 with a GradScaler, GPU only)
+    training.mixed_precision = "auto"
     training.snapshot_num_samples = 64   # samples in the grid PNG written every snapshot_freq
     # class-conditional networks (model.num_classes = K): probability of training a batch row on the
     # null label K instead of its own, so one network also learns the unconditional score (for

@@ -32,6 +32,9 @@ def tiny_config(**changes):
     e.bpd_num_images, e.bpd_num_repeats, e.bpd_rtol, e.bpd_atol = 4, 2, 1e-2, 1e-2
     e.num_samples = 4
     config.optim.warmup = 2
+    # fp32 on every machine: the default "auto" would take bf16 on a CPU with native bf16, and the tests'
+    # tolerances are fp32's (tests/test_precision.py covers "auto")
+    t.mixed_precision = "no"
     config.update_from_flattened_dict(changes)
     return config
 

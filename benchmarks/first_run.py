@@ -33,24 +33,18 @@ from configs.edm import digits as edm_digits  # noqa: E402
 from configs.vp import digits  # noqa: E402
 
 
-def _digits_8x8(steps: int, **changes):
-    """``configs/vp/digits.py`` at the digits' own 8x8 (the 16x16 images are these pixels doubled)."""
-    config = digits.get_config()
-    config.data.image_size = 8
-    config.training.n_iters = steps
-    config.training.snapshot_freq = steps
-    config.training.snapshot_freq_for_preemption = 500
-    config.eval.begin_ckpt = config.eval.end_ckpt = 1
-    config.sampling.sampler = "dpmpp_2m_sde"
-    config.sampling.options.dpmpp_2m_sde.nfe = 50
-    config.update_from_flattened_dict(changes)
-    return config
-
-
 def _edm_digits(**changes):
+    """``configs/edm/digits.py`` with ``changes`` (dotted config fields)."""
     config = edm_digits.get_config()
     config.update_from_flattened_dict(changes)
     return config
+
+
+def _digits_8x8(steps: int, **changes):
+    """The 8x8 set-up of ``configs/edm/digits.py`` (the 16x16 images of ``configs/vp/digits.py`` are these
+    pixels doubled) with the paper's DSM loss for ``steps`` steps, then ``changes``."""
+    return _edm_digits(**{"training.loss": "dsm", "training.n_iters": steps, "training.snapshot_freq": steps,
+                          **changes})
 
 
 def _baseline():
@@ -62,7 +56,7 @@ CANDIDATES = {
     "vp16_dsm_1200 (today)": _baseline,
     "vp8_dsm_3000": lambda: _digits_8x8(3000),
     "vp8_edm_3000": lambda: _digits_8x8(3000, **{"training.loss": "edm"}),
-    "vp8_edm_2400 (configs/edm/digits.py)": edm_digits.get_config,   # = _digits_8x8(2400, training.loss="edm")
+    "vp8_edm_2400 (configs/edm/digits.py)": edm_digits.get_config,
     "vp8_eps_minsnr5_3000": lambda: _digits_8x8(3000, **{"training.min_snr_gamma": 5.0}),
     # the spread between seeds (network initialisation, batches, the loss's and the sampler's noise), against
     # which the bf16 candidates' differences are read
@@ -93,17 +87,18 @@ def _precision(config) -> str:
     return "fp32" if used == "no" else used
 
 
-def _trained_network(name: str, workdir: str) -> str:
+def _trained_network(name: str, workdir: str) -> float:
     """Copy the final checkpoint of candidate ``name`` (in the sibling directory named by its short name) into
-    ``workdir``'s checkpoints, with its checksum file; returns the source directory."""
-    source = os.path.join(os.path.dirname(workdir), name.split(" ")[0], "checkpoints")
-    if not os.path.isdir(source):
+    ``workdir``'s checkpoints, with its checksum file; returns that candidate's training seconds."""
+    source = os.path.join(os.path.dirname(workdir), name.split(" ")[0])
+    if not os.path.isfile(os.path.join(source, "first_run.json")):
         raise SystemExit(f"{workdir} evaluates the network of candidate {name!r}: run that candidate first")
     target = os.path.join(workdir, "checkpoints")
     os.makedirs(target, exist_ok=True)
-    for file in os.listdir(source):
-        shutil.copy2(os.path.join(source, file), os.path.join(target, file))
-    return source
+    for file in os.listdir(os.path.join(source, "checkpoints")):
+        shutil.copy2(os.path.join(source, "checkpoints", file), os.path.join(target, file))
+    with open(os.path.join(source, "first_run.json")) as f:
+        return json.load(f)["train_s"]
 
 
 def run_candidate(name: str, workdir: str, samples: int, fresh: bool):
@@ -122,9 +117,7 @@ def run_candidate(name: str, workdir: str, samples: int, fresh: bool):
     config.eval.bpd_num_images = 128
     load = os.getloadavg()[0]
     if name in TRAINED_BY:
-        _trained_network(TRAINED_BY[name], workdir)
-        with open(os.path.join(os.path.dirname(workdir), TRAINED_BY[name].split(" ")[0], "first_run.json")) as f:
-            train_s = json.load(f)["train_s"]
+        train_s = _trained_network(TRAINED_BY[name], workdir)
     else:
         start = time.perf_counter()
         run_lib.train(config, workdir)
